@@ -1,0 +1,119 @@
+"""Shared CLI plumbing: error handling, JSON output, progress bars, common options."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from ..errors import SpeakerIDError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name or checkpoint path (default: $SPEAKERID_MODEL or eres2netv2).",
+    ),
+]
+DeviceOpt = Annotated[
+    Optional[str], typer.Option("--device", help="cpu (default), cuda, cuda:N or auto.")
+]
+DbOpt = Annotated[
+    Optional[Path],
+    typer.Option("--db", help="Registry database file (default: $SPEAKERID_HOME/registry.db)."),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into a one-line message and a non-zero exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SpeakerIDError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def show_progress(json_mode: bool) -> bool:
+    """Progress bars only for humans: on a TTY and not in --json mode."""
+    return not json_mode and sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int | None, enabled: bool
+) -> Iterator[Callable[..., None]]:
+    """Yields ``advance(n=1)``; a rich bar on stderr when enabled, a no-op otherwise."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n=1: prog.advance(task, n)
+
+
+def download_progress(enabled: bool) -> Callable[[int, int | None], None] | None:
+    """A byte-progress callback for model downloads (rich bar on a TTY)."""
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    prog = Progress(
+        *Progress.get_default_columns(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int | None) -> None:
+        if "task" not in state:
+            prog.start()
+            state["task"] = prog.add_task("downloading model", total=total)
+        prog.update(state["task"], completed=done, total=total)
+        if total is not None and done >= total:
+            prog.stop()
+
+    return update

@@ -1,0 +1,77 @@
+"""``speakerid embed FILE...``: print or save normalized embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    download_progress,
+    emit_json,
+    handle_errors,
+    progress_bar,
+    show_progress,
+)
+
+
+def _unique_outputs(files: list[Path], out_dir: Path) -> list[Path]:
+    seen: dict[str, int] = {}
+    paths = []
+    for f in files:
+        stem = f.stem
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        paths.append(out_dir / (f"{stem}.npy" if n == 0 else f"{stem}-{n}.npy"))
+    return paths
+
+
+@handle_errors
+def embed(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (wav/flac/ogg/opus/mp3).")],
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Save one <name>.npy per file here.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compute L2-normalized speaker embeddings."""
+    import numpy as np
+
+    from ..audio import load_audio
+    from ..embedder import Embedder
+
+    bars = show_progress(json_out)
+    clips = [load_audio(f) for f in files]  # validate every input before any work
+    embedder = Embedder(model, device=device, progress=download_progress(bars))
+    with progress_bar("embedding", len(clips), bars) as advance:
+        results = embedder.embed_many(clips, on_progress=advance)
+    outputs = _unique_outputs(files, output) if output else [None] * len(files)
+    if output:
+        output.mkdir(parents=True, exist_ok=True)
+        for res, path in zip(results, outputs):
+            np.save(path, res.vector)
+    if json_out:
+        rows = []
+        for f, res, path in zip(files, results, outputs):
+            row = {
+                "file": str(f),
+                "model": res.model,
+                "dim": res.dim,
+                "embedding": [round(float(v), 7) for v in res.vector],
+            }
+            if path:
+                row["output"] = str(path)
+            rows.append(row)
+        emit_json(rows)
+        return
+    for f, res, path in zip(files, results, outputs):
+        if path:
+            typer.echo(f"{f}\t{path}")
+        else:
+            typer.echo(f"{f}\t" + " ".join(f"{v:.7f}" for v in res.vector))

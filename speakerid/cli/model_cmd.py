@@ -1,0 +1,111 @@
+"""``speakerid model list|download|install|info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import weights
+from .common import JsonOpt, download_progress, emit_json, handle_errors, show_progress
+
+app = typer.Typer(
+    help="List, download, install and inspect embedding models.", no_args_is_help=True
+)
+
+Sha256Opt = Annotated[
+    Optional[str], typer.Option("--sha256", help="Expected sha256 (overrides the pinned value).")
+]
+
+
+@app.command("list")
+@handle_errors
+def list_models(json_out: JsonOpt = False) -> None:
+    """Known and installed models."""
+    rows = []
+    for name in sorted(set(weights.KNOWN_MODELS) | set(weights.installed_models())):
+        known = weights.KNOWN_MODELS.get(name)
+        path = weights.installed_path(name)
+        rows.append(
+            {
+                "name": name,
+                "installed": path is not None,
+                "path": str(path) if path else None,
+                "model_id": known.model_id if known else None,
+                "revision": known.revision if known else None,
+                "sha256": known.sha256 if known else None,
+                "description": known.description if known else "custom checkpoint",
+            }
+        )
+    if json_out:
+        emit_json(rows)
+        return
+    for r in rows:
+        mark = "installed" if r["installed"] else "not installed"
+        typer.echo(f"{r['name']:<24} {mark:<14} {r['description']}")
+
+
+@app.command("download")
+@handle_errors
+def download(
+    name: Annotated[str, typer.Argument(help="A known model name.")],
+    sha256: Sha256Opt = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download a known model from ModelScope into the cache (verifying its checksum)."""
+    path = weights.download(
+        name, progress=download_progress(show_progress(json_out)), sha256=sha256, force=force
+    )
+    if json_out:
+        emit_json({"name": name, "path": str(path), "sha256": weights.sha256_file(path)})
+    else:
+        typer.echo(f"{name}: {path}")
+
+
+@app.command("install")
+@handle_errors
+def install(
+    path: Annotated[Path, typer.Argument(help="A checkpoint file on disk.")],
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Install under this name (default: file stem).")
+    ] = None,
+    sha256: Sha256Opt = None,
+    force: Annotated[bool, typer.Option("--force", help="Accept a checksum mismatch.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Install a local checkpoint file (e.g. downloaded by hand on another machine)."""
+    dest = weights.install(path, name=name, sha256=sha256, force=force)
+    installed = name or path.stem
+    if json_out:
+        emit_json({"name": installed, "path": str(dest), "sha256": weights.sha256_file(dest)})
+    else:
+        typer.echo(f"installed {installed}: {dest}")
+
+
+@app.command("info")
+@handle_errors
+def info(
+    model: Annotated[str, typer.Argument(help="Known/installed model name or checkpoint path.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Configuration (inferred from the weights), parameter count and checksum of a model."""
+    from ..models.eres2netv2 import count_parameters
+
+    resolved = weights.resolve(model, progress=download_progress(show_progress(json_out)))
+    net = weights.load_model(resolved.path)
+    data = {
+        "name": resolved.name,
+        "path": str(resolved.path),
+        "sha256": resolved.sha256,
+        "architecture": "ERes2NetV2",
+        "config": net.config.to_dict(),
+        "parameters": count_parameters(net),
+        "dim": net.config.embedding_size,
+    }
+    if json_out:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        typer.echo(f"{key:<13} {value}")

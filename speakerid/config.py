@@ -1,0 +1,70 @@
+"""Where speakerid keeps its files and which defaults apply.
+
+Everything is resolved from environment variables at call time (not import time) so tests and
+scripts can point one process at several homes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+#: The model card's cosine threshold for ERes2NetV2 common; calibration tools recommend better ones.
+DEFAULT_THRESHOLD = 0.365
+#: The model a new registry is bound to when nothing else is asked for.
+DEFAULT_MODEL = "eres2netv2"
+
+ENV_HOME = "SPEAKERID_HOME"
+ENV_MODEL = "SPEAKERID_MODEL"
+ENV_THRESHOLD = "SPEAKERID_THRESHOLD"
+ENV_DEVICE = "SPEAKERID_DEVICE"
+
+
+def home_dir() -> Path:
+    """The speakerid home: ``$SPEAKERID_HOME`` or a per-user data dir (XDG on Linux)."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    if os.name == "nt":  # pragma: no cover - not exercised on the CI platform
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif os.uname().sysname == "Darwin":  # pragma: no cover
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "speakerid"
+
+
+def models_dir() -> Path:
+    """Cache of downloaded or installed model files."""
+    return home_dir() / "models"
+
+
+def default_db_path() -> Path:
+    return home_dir() / "registry.db"
+
+
+def default_model() -> str:
+    return os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+
+
+def default_device() -> str:
+    return os.environ.get(ENV_DEVICE) or "cpu"
+
+
+def parse_threshold(value: float | str) -> float:
+    """Validate a cosine threshold: a finite number in [-1, 1]."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"threshold must be a number, got {value!r}") from None
+    if not -1.0 <= t <= 1.0:
+        raise InvalidInputError(f"threshold must be a cosine in [-1, 1], got {t}")
+    return t
+
+
+def env_threshold() -> float | None:
+    """``$SPEAKERID_THRESHOLD`` if set (validated), else None."""
+    raw = os.environ.get(ENV_THRESHOLD)
+    return None if raw in (None, "") else parse_threshold(raw)

@@ -1,0 +1,165 @@
+"""Audio → L2-normalized speaker embedding with ERes2NetV2.
+
+Long-audio policy: audio up to ``MAX_SEGMENT_SECONDS`` (60 s) is embedded whole, exactly as the
+official pipeline does. Longer audio is cut into equal segments of at most 60 s (so peak memory
+stays that of a 60 s input), each segment is embedded and L2-normalized, and the result is the
+re-normalized mean of the segment embeddings.
+
+Batching never changes results: utterances are sorted by length and only utterances with the same
+number of frames share a batch (no padding, which would alter statistics pooling).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import weights
+from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
+from .config import default_device, default_model
+from .errors import DeviceError
+from .features import fbank
+
+log = logging.getLogger("speakerid")
+
+MAX_SEGMENT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One normalized embedding and where it came from."""
+
+    vector: np.ndarray = field(repr=False)  # float32 [dim], unit L2 norm
+    model: str
+    source: str
+    duration: float
+    sha256: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.vector.shape[0])
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """L2-normalize rows (or a vector) in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    name = (device or default_device()).lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("CUDA was requested (--device cuda) but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+
+
+def segments(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[np.ndarray]:
+    """Split into equal segments of at most ``max_seconds`` (one segment when short enough)."""
+    max_len = int(max_seconds * SAMPLE_RATE)
+    if len(samples) <= max_len:
+        return [samples]
+    n = math.ceil(len(samples) / max_len)
+    return list(np.array_split(samples, n))
+
+
+class Embedder:
+    """Loads one ERes2NetV2 and turns audio into normalized embeddings."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str | None = None,
+        progress: weights.Progress | None = None,
+    ) -> None:
+        resolved = weights.resolve(model or default_model(), progress=progress)
+        self.name = resolved.name
+        self.path = resolved.path
+        self.sha256 = resolved.sha256
+        self.device = resolve_device(device)
+        self.model = weights.load_model(resolved.path).to(self.device)
+        self.config = self.model.config
+        self.dim = self.config.embedding_size
+
+    @torch.inference_mode()
+    def _forward(self, feats: list[torch.Tensor]) -> np.ndarray:
+        batch = torch.stack(feats).to(self.device)
+        return self.model(batch).float().cpu().numpy()
+
+    def embed_features(self, feats: Sequence[torch.Tensor], batch_size: int = 16) -> np.ndarray:
+        """Raw (unnormalized) embeddings for fbank matrices, batching equal lengths only."""
+        out = np.zeros((len(feats), self.dim), dtype=np.float32)
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+        group: list[int] = []
+
+        def flush() -> None:
+            if group:
+                out[group] = self._forward([feats[i] for i in group])
+                group.clear()
+
+        for i in order:
+            if group and (
+                feats[group[0]].shape[0] != feats[i].shape[0] or len(group) >= batch_size
+            ):
+                flush()
+            group.append(i)
+        flush()
+        return out
+
+    def embed_clips(self, clips: Sequence[AudioClip], batch_size: int = 16) -> list[Embedding]:
+        """Embeddings of decoded clips, in input order."""
+        pieces: list[torch.Tensor] = []
+        owner: list[int] = []
+        for i, clip in enumerate(clips):
+            for seg in segments(clip.samples):
+                pieces.append(fbank(seg))
+                owner.append(i)
+        raw = normalize(self.embed_features(pieces, batch_size))
+        results = []
+        owner_arr = np.asarray(owner)
+        for i, clip in enumerate(clips):
+            vec = raw[owner_arr == i]
+            vec = vec[0] if len(vec) == 1 else normalize(vec.mean(axis=0))
+            results.append(Embedding(vec, self.name, clip.source, clip.duration, clip.sha256))
+        return results
+
+    def embed(self, audio: AudioSource | AudioClip) -> Embedding:
+        """Embedding of one file, bytes object or decoded clip."""
+        clip = audio if isinstance(audio, AudioClip) else load_audio(audio)
+        return self.embed_clips([clip])[0]
+
+    def embed_many(
+        self,
+        sources: Iterable[AudioSource | AudioClip],
+        batch_size: int = 16,
+        chunk: int = 64,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Embedding]:
+        """Embeddings of many inputs in order; decodes ``chunk`` files at a time to bound memory."""
+        results: list[Embedding] = []
+        pending: list[AudioClip] = []
+
+        def flush() -> None:
+            results.extend(self.embed_clips(pending, batch_size))
+            if on_progress:
+                on_progress(len(pending))
+            pending.clear()
+
+        for src in sources:
+            pending.append(src if isinstance(src, AudioClip) else load_audio(src))
+            if len(pending) >= chunk:
+                flush()
+        if pending:
+            flush()
+        return results

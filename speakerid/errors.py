@@ -1,0 +1,119 @@
+"""Typed errors for every failure a user can cause or meet.
+
+The library never prints or exits: it raises one of these. Each message is a single line
+meant for humans; the CLI prints ``error: <message>`` and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class SpeakerIDError(Exception):
+    """Base class of all speakerid errors."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+# --- audio -------------------------------------------------------------------------------
+class AudioError(SpeakerIDError):
+    """The audio given cannot be turned into an embedding."""
+
+
+class AudioFileNotFoundError(AudioError):
+    pass
+
+
+class AudioDecodeError(AudioError):
+    """Unreadable, corrupt or non-audio data."""
+
+
+class EmptyAudioError(AudioError):
+    pass
+
+
+class InvalidSamplesError(AudioError):
+    """NaN or infinite samples."""
+
+
+class AudioTooShortError(AudioError):
+    pass
+
+
+class SilentAudioError(AudioError):
+    pass
+
+
+# --- models ------------------------------------------------------------------------------
+class ModelError(SpeakerIDError):
+    """A model cannot be found, fetched or loaded."""
+
+
+class UnknownModelError(ModelError):
+    pass
+
+
+class ModelNotInstalledError(ModelError):
+    pass
+
+
+class ChecksumMismatchError(ModelError):
+    pass
+
+
+class DownloadError(ModelError):
+    pass
+
+
+class InvalidCheckpointError(ModelError):
+    """The file is not an ERes2NetV2 checkpoint."""
+
+
+class DeviceError(ModelError):
+    """The requested compute device is not available."""
+
+
+# --- registry ----------------------------------------------------------------------------
+class RegistryError(SpeakerIDError):
+    """The speaker registry refused an operation."""
+
+
+class SpeakerNotFoundError(RegistryError):
+    pass
+
+
+class SpeakerExistsError(RegistryError):
+    pass
+
+
+class InvalidNameError(RegistryError):
+    pass
+
+
+class EmptyRegistryError(RegistryError):
+    pass
+
+
+class ModelMismatchError(RegistryError):
+    """Embeddings from different models are not comparable."""
+
+
+class DuplicateEnrollmentError(RegistryError):
+    pass
+
+
+class RegistryCorruptError(RegistryError):
+    pass
+
+
+class RegistryLockedError(RegistryError):
+    pass
+
+
+class InvalidInputError(SpeakerIDError):
+    """Arguments that make no sense (bad threshold, bad file format of an import, ...)."""

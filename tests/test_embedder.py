@@ -1,0 +1,57 @@
+"""Embedder behaviour: normalization, order, batching, long audio, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speakerid import errors
+from speakerid.audio import load_audio
+from speakerid.embedder import MAX_SEGMENT_SECONDS, Embedder, segments
+
+from .conftest import speechlike, wav_bytes
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_ckpt):
+    return Embedder(tiny_ckpt)
+
+
+def test_embeddings_are_unit_float32_and_carry_model_name(embedder):
+    emb = embedder.embed(wav_bytes(speechlike(1.2)))
+    assert emb.vector.dtype == np.float32 and emb.vector.shape == (192,)
+    assert abs(float(np.linalg.norm(emb.vector)) - 1.0) < 1e-6
+    assert emb.model == "tiny" and emb.duration == pytest.approx(1.2)
+
+
+def test_batch_keeps_input_order_and_equals_one_by_one(embedder):
+    clips = [
+        load_audio(wav_bytes(speechlike(s, seed=i)))
+        for i, s in enumerate([2.0, 1.0, 2.0, 1.5, 1.0, 2.0])
+    ]
+    batched = embedder.embed_many(clips, batch_size=4, chunk=4)
+    single = [embedder.embed(c) for c in clips]
+    for b, s, c in zip(batched, single, clips):
+        assert b.sha256 == c.sha256
+        assert float(b.vector @ s.vector) > 0.99999
+
+
+def test_long_audio_is_segmented_and_averaged(embedder):
+    x = np.concatenate([speechlike(40, seed=1), speechlike(40, seed=2)])  # 80 s > 60 s
+    parts = segments(x)
+    assert len(parts) == 2 and all(len(p) <= MAX_SEGMENT_SECONDS * 16000 for p in parts)
+    clip = load_audio(wav_bytes(x))
+    got = embedder.embed(clip).vector
+    a, b = (embedder.embed(load_audio(wav_bytes(p))).vector for p in parts)
+    want = (a + b) / np.linalg.norm(a + b)
+    assert float(got @ want) > 0.99999
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tiny_ckpt):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(errors.DeviceError, match="no CUDA device"):
+        Embedder(tiny_ckpt, device="cuda")
+    with pytest.raises(errors.DeviceError, match="unknown device"):
+        Embedder(tiny_ckpt, device="tpu9")

@@ -1,0 +1,123 @@
+"""Parity with the official 3D-Speaker ERes2NetV2 (golden outputs in ../shared/fixtures)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from speakerid.audio import load_audio
+from speakerid.cli import app
+from speakerid.features import fbank
+from speakerid.models.eres2netv2 import (
+    ERes2NetV2,
+    ERes2NetV2Config,
+    build_from_state_dict,
+    count_parameters,
+    infer_config,
+)
+
+from .conftest import FIXTURES, needs_shared
+
+pytestmark = needs_shared
+REFERENCES = ["eres2netv2_tiny_reference.pt", "eres2netv2_w24s4ep4_tiny_reference.pt"]
+OFFICIAL = {
+    "speech_eres2netv2_sv_zh-cn_16k-common": ERes2NetV2Config(),
+    "speech_eres2netv2w24s4ep4_sv_zh-cn_16k-common": ERes2NetV2Config(
+        base_width=24, scale=4, expansion=4
+    ),
+}
+
+
+def _cos(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module", params=REFERENCES)
+def reference(request):
+    return torch.load(FIXTURES / request.param, weights_only=True)
+
+
+def test_state_dict_layout_matches_official_manifest():
+    manifest = json.loads((FIXTURES / "eres2netv2_official_state_dict_manifest.json").read_text())
+    for name, config in OFFICIAL.items():
+        model = ERes2NetV2(config)
+        ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+        assert ours == manifest[name]["state_dict"]
+        assert list(ours) == list(manifest[name]["state_dict"])  # same order too
+        assert count_parameters(model) == manifest[name]["parameters"]
+        # and the layout alone is enough to infer the configuration back
+        assert infer_config(model.state_dict()) == config
+
+
+def test_config_inference_recovers_fixture_configs(reference):
+    cfg = infer_config(reference["state_dict"])
+    want = reference["config"]
+    assert (cfg.m_channels, cfg.base_width, cfg.scale, cfg.expansion) == (
+        want["m_channels"],
+        want["baseWidth"],
+        want["scale"],
+        want["expansion"],
+    )
+    assert (cfg.feat_dim, cfg.embedding_size, cfg.num_blocks) == (80, 192, (3, 4, 6, 3))
+
+
+def test_fbank_matches_official(reference):
+    for wav, want in zip(reference["wavs"], reference["fbank"]):
+        got = fbank(load_audio(wav).samples)
+        assert got.shape == want.shape
+        assert float((got - want).abs().max()) <= 1e-4
+
+
+def test_embeddings_match_official_common_layout(tiny_reference):
+    model = build_from_state_dict(tiny_reference["state_dict"])
+    for wav, want in zip(tiny_reference["wavs"], tiny_reference["embeddings"]):
+        with torch.inference_mode():
+            got = model(fbank(load_audio(wav).samples).unsqueeze(0))[0]
+        assert _cos(got, want) >= 0.99999
+
+
+def test_embeddings_match_official_w24s4ep4_within_its_fp32_noise():
+    """The w24s4ep4 fixture's random BatchNorm statistics make its AFF stages amplify float32
+    rounding ~1e5 times: the same network in float64 vs float32 agrees only to cosine ~0.998, and
+    the fixture's value depends on the thread count that produced it. So we assert that our
+    distance to the fixture is within that intrinsic noise, and far from what an architecture
+    error costs (swapping the AFF inputs gives cosine ~0.48)."""
+    ref = torch.load(FIXTURES / REFERENCES[1], weights_only=True)
+    model = build_from_state_dict(ref["state_dict"])
+    model64 = copy.deepcopy(model).double()
+    for wav, want in zip(ref["wavs"], ref["embeddings"]):
+        feats = fbank(load_audio(wav).samples).unsqueeze(0)
+        with torch.inference_mode():
+            got = model(feats)[0]
+            exact = model64(feats.double())[0]
+        noise = 1.0 - _cos(got, exact)
+        assert _cos(got, want) >= 0.997
+        assert 1.0 - _cos(got, want) <= 2 * noise + 1e-5
+
+
+def test_embed_api_and_cli_reproduce_fixture(tiny_reference, tiny_ckpt, tmp_path):
+    from speakerid.embedder import Embedder
+
+    files = []
+    for i, wav in enumerate(tiny_reference["wavs"]):
+        files.append(tmp_path / f"in{i}.wav")
+        files[-1].write_bytes(wav)
+    api = Embedder(tiny_ckpt).embed_many(files)
+    result = CliRunner().invoke(
+        app, ["embed", *map(str, files), "--model", str(tiny_ckpt), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    for emb, row, want in zip(api, rows, tiny_reference["embeddings"]):
+        assert emb.model == row["model"] == "tiny"
+        assert row["dim"] == 192
+        assert abs(np.linalg.norm(emb.vector) - 1.0) < 1e-5
+        assert _cos(emb.vector, want) >= 0.99999
+        assert _cos(row["embedding"], want) >= 0.99999
