@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from . import model_cmd
+from . import manage_cmd, model_cmd, registry_cmd
 from .embed_cmd import embed
 
 app = typer.Typer(
@@ -19,6 +19,20 @@ app = typer.Typer(
 )
 app.add_typer(model_cmd.app, name="model")
 app.command("embed")(embed)
+app.command("enroll")(registry_cmd.enroll)
+app.command("enroll-dir")(registry_cmd.enroll_dir)
+app.command("identify")(registry_cmd.identify)
+app.command("verify")(registry_cmd.verify)
+app.command("compare")(registry_cmd.compare)
+app.command("list")(manage_cmd.list_speakers)
+app.command("show")(manage_cmd.show)
+app.command("remove")(manage_cmd.remove)
+app.command("rename")(manage_cmd.rename)
+app.command("import-embeddings")(manage_cmd.import_embeddings)
+app.command("export")(manage_cmd.export)
+app.command("info")(manage_cmd.info)
+app.command("threshold")(manage_cmd.threshold)
+app.add_typer(manage_cmd.index_app, name="index")
 
 
 def main() -> None:

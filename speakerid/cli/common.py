@@ -34,6 +34,31 @@ DbOpt = Annotated[
 ]
 
 
+ThresholdOpt = Annotated[
+    Optional[float],
+    typer.Option("--threshold", "-t", help="Cosine threshold (default: registry/env/0.365)."),
+]
+
+
+def open_service(
+    db: Path | None,
+    model: str | None = None,
+    device: str | None = None,
+    threshold: float | None = None,
+    json_mode: bool = True,
+):
+    """The library facade for a command; the model is only loaded if the command embeds."""
+    from ..service import SpeakerID
+
+    return SpeakerID(
+        db=db,
+        model=model,
+        threshold=threshold,
+        device=device,
+        download_progress=download_progress(show_progress(json_mode)),
+    )
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)

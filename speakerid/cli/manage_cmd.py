@@ -1,0 +1,236 @@
+"""Commands that never load the model (and never import torch): list, show, remove, rename,
+import-embeddings, export, index, info, threshold."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InvalidInputError
+from .common import DbOpt, JsonOpt, ModelOpt, emit_json, fail, handle_errors, open_service
+
+index_app = typer.Typer(
+    help="Check or rebuild the search index (a cache of the database).", no_args_is_help=True
+)
+
+
+@handle_errors
+def list_speakers(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Enrolled speakers."""
+    with open_service(db) as sid:
+        rows = sid.list()
+    if json_out:
+        emit_json([{k: v for k, v in r.to_dict().items() if k != "metadata"} for r in rows])
+        return
+    if not rows:
+        typer.echo("no speakers enrolled")
+    for r in rows:
+        typer.echo(f"{r.name}\t{r.utterances} utterance(s)\tupdated {r.to_dict()['updated']}")
+
+
+@handle_errors
+def show(
+    name: Annotated[str, typer.Argument()], db: DbOpt = None, json_out: JsonOpt = False
+) -> None:
+    """One speaker's utterances (sources, durations, hashes) and metadata."""
+    with open_service(db) as sid:
+        info = sid.show(name).to_dict()
+    if json_out:
+        emit_json(info)
+        return
+    typer.echo(
+        f"{info['name']}: {info['utterances']} utterance(s), created {info['created']}, "
+        f"updated {info['updated']}"
+    )
+    for k, v in (info.get("metadata") or {}).items():
+        typer.echo(f"  {k} = {v}")
+    for u in info["sources"]:
+        dur = f"{u['duration']:.2f} s" if u["duration"] is not None else "-"
+        typer.echo(f"  {u['source'] or '(imported)'}\t{dur}\t{(u['sha256'] or '')[:12]}")
+
+
+@handle_errors
+def remove(
+    name: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete a speaker and all its embeddings (database and index)."""
+    with open_service(db) as sid:
+        sid.show(name)  # unknown speaker: error before asking
+        if not yes:
+            if not sys.stdin.isatty():
+                raise fail(f"refusing to remove {name!r} without --yes (not interactive)")
+            typer.confirm(f"Remove speaker {name!r} and all its embeddings?", abort=True)
+        count = sid.remove(name)
+    if json_out:
+        emit_json({"removed": name, "utterances": count})
+    else:
+        typer.echo(f"removed {name} ({count} utterance(s))")
+
+
+@handle_errors
+def rename(
+    old: Annotated[str, typer.Argument()],
+    new: Annotated[str, typer.Argument()],
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rename a speaker."""
+    with open_service(db) as sid:
+        sid.rename(old, new)
+    if json_out:
+        emit_json({"old": old, "new": new})
+    else:
+        typer.echo(f"renamed {old} -> {new}")
+
+
+def _load_npy(path: Path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: not a readable .npy file ({exc})") from None
+
+
+@handle_errors
+def import_embeddings(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help=".npy files (one embedding each, or an N x dim matrix with --names)."),
+    ],
+    names: Annotated[
+        Optional[Path], typer.Option("--names", help="Names file, one per row of the matrix.")
+    ] = None,
+    speaker: Annotated[
+        Optional[str], typer.Option("--speaker", help="Assign every file to this speaker.")
+    ] = None,
+    append: Annotated[bool, typer.Option("--append", help="Add to existing speakers.")] = False,
+    db: DbOpt = None,
+    model: ModelOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import embeddings computed elsewhere (3D-Speaker infer_sv.py .npy outputs or a matrix).
+
+    Without --names/--speaker each file is one speaker named after the file stem. The
+    embeddings must come from the registry's model (--model binds a new registry).
+    """
+    import numpy as np
+
+    if names is not None:
+        if len(files) != 1:
+            raise InvalidInputError("--names goes with exactly one N x dim .npy matrix")
+        matrix = _load_npy(files[0])
+        try:
+            labels = [
+                ln.strip() for ln in names.read_text(encoding="utf-8").splitlines() if ln.strip()
+            ]
+        except OSError as exc:
+            raise InvalidInputError(f"{names}: cannot read names file ({exc.strerror})") from None
+        sources = [f"{files[0].name}[{i}]" for i in range(len(labels))]
+    else:
+        rows = []
+        for f in files:
+            arr = _load_npy(f)
+            if arr.ndim == 2 and arr.shape[0] == 1:
+                arr = arr[0]
+            if arr.ndim != 1:
+                raise InvalidInputError(f"{f}: expected one embedding, got shape {arr.shape}")
+            rows.append(arr)
+        if len({r.shape for r in rows}) != 1:
+            raise InvalidInputError("the .npy files have different embedding sizes")
+        matrix = np.stack(rows)
+        labels = [speaker or f.stem for f in files]
+        sources = [f.name for f in files]
+    with open_service(db, model) as sid:
+        results = sid.import_embeddings(labels, matrix, sources, append=append)
+    if json_out:
+        emit_json([r.to_dict() for r in results])
+    else:
+        typer.echo(
+            f"imported {sum(r.added for r in results)} embedding(s) for {len(results)} speaker(s)"
+        )
+
+
+@handle_errors
+def export(
+    directory: Annotated[Path, typer.Argument(help="Output folder.")],
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export all embeddings (embeddings.npy + names.txt, re-importable) and speakers.json."""
+    with open_service(db) as sid:
+        summary = sid.export(directory)
+    if json_out:
+        emit_json(summary)
+    else:
+        typer.echo(
+            f"exported {summary['speakers']} speaker(s), {summary['utterances']} "
+            f"embedding(s) to {summary['directory']}"
+        )
+
+
+def _report(rep, json_out: bool) -> None:
+    if json_out:
+        emit_json(rep.to_dict())
+    else:
+        state = "ok" if rep.ok else "PROBLEMS"
+        typer.echo(
+            f"{state}: {rep.kind} index, {rep.entries} entries, {rep.speakers} speakers, "
+            f"generation {rep.generation}{' (rebuilt)' if rep.rebuilt else ''}"
+        )
+        for p in rep.problems:
+            typer.echo(f"  - {p}")
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@index_app.command("check")
+@handle_errors
+def index_check(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Verify the index against the database (exit 1 when it is missing or stale)."""
+    with open_service(db) as sid:
+        _report(sid.check_index(), json_out)
+
+
+@index_app.command("rebuild")
+@handle_errors
+def index_rebuild(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Rebuild the index from the database."""
+    with open_service(db) as sid:
+        _report(sid.rebuild_index(), json_out)
+
+
+@handle_errors
+def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Registry path, bound model, counts, threshold and index state."""
+    with open_service(db) as sid:
+        data = sid.info().to_dict()
+    if json_out:
+        emit_json(data)
+        return
+    for k, v in data.items():
+        typer.echo(f"{k:<17} {v}")
+
+
+@handle_errors
+def threshold(
+    value: Annotated[Optional[float], typer.Argument(help="New registry threshold.")] = None,
+    db: DbOpt = None,
+    model: ModelOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the effective threshold, or store VALUE as the registry's threshold."""
+    with open_service(db, model) as sid:
+        if value is not None:
+            sid.set_threshold(value, "set by user")
+        t, source = sid.threshold()
+    if json_out:
+        emit_json({"threshold": t, "source": source})
+    else:
+        typer.echo(f"{t} ({source})")

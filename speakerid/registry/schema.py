@@ -1,0 +1,80 @@
+"""SQLAlchemy 2 models of the registry database (the source of truth).
+
+Alembic migrations in ``migrations/`` create and upgrade this schema; ``SCHEMA_REVISION`` is the
+head revision this code expects (a test keeps it equal to Alembic's head).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_REVISION = "0001"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RegistryRow(Base):
+    """Exactly one row: the model the registry is bound to, its settings and write generation."""
+
+    __tablename__ = "registry"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_ref: Mapped[str] = mapped_column(Text)  # what to pass to the embedder to load it
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold_source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Speaker(Base):
+    __tablename__ = "speakers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    meta: Mapped[str | None] = mapped_column("metadata", Text, nullable=True)  # JSON object
+    #: Re-normalized mean of the utterance embeddings (float32), kept in step in every write.
+    voiceprint: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    utterances: Mapped[list[Utterance]] = relationship(
+        back_populates="speaker", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Utterance(Base):
+    __tablename__ = "utterances"
+    __table_args__ = (UniqueConstraint("speaker_id", "audio_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    speaker_id: Mapped[int] = mapped_column(
+        ForeignKey("speakers.id", ondelete="CASCADE"), index=True
+    )
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, unit norm
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)  # file name, never audio
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    audio_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    speaker: Mapped[Speaker] = relationship(back_populates="utterances")

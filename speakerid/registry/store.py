@@ -1,0 +1,520 @@
+"""The speaker registry: SQLite (truth) + FAISS (derived cache), all writes atomic and locked.
+
+Every write runs under the registry's file lock in one database transaction that also bumps the
+registry's ``generation``; only after the commit is the index updated and saved with the new
+generation. A crash between the two leaves an index whose generation is behind the database's,
+which the next reader detects and rebuilds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import (
+    DuplicateEnrollmentError,
+    EmptyRegistryError,
+    InvalidInputError,
+    InvalidNameError,
+    RegistryCorruptError,
+    SpeakerExistsError,
+    SpeakerNotFoundError,
+)
+from ..results import Candidate, EnrollResult, IndexReport, SpeakerInfo, UtteranceInfo
+from .database import FileLock, open_engine
+from .index import VectorIndex, choose_kind
+from .schema import RegistryRow, Speaker, Utterance, utcnow
+
+log = logging.getLogger("speakerid")
+
+MAX_NAME_LENGTH = 200
+#: Rebuild an HNSW index once this fraction of its entries is outdated.
+STALE_REBUILD_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class NewUtterance:
+    vector: np.ndarray
+    source: str | None = None
+    duration: float | None = None
+    sha256: str | None = None
+
+
+def to_blob(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype="<f4").tobytes()
+
+
+def from_blob(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, dtype="<f4")
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return (v / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+def check_name(name: str) -> str:
+    """Speaker names: any printable Unicode (spaces too), trimmed, 1-200 characters."""
+    clean = unicodedata.normalize("NFC", str(name)).strip()
+    if not clean:
+        raise InvalidNameError("speaker name must not be empty")
+    if len(clean) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"speaker name is longer than {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in clean):
+        raise InvalidNameError(f"speaker name {clean!r} contains control characters")
+    return clean
+
+
+class Registry:
+    """Speakers and their embeddings in one SQLite file, searchable through FAISS."""
+
+    def __init__(self, path: str | Path, index_kind: str = "auto") -> None:
+        self.path = Path(path)
+        self.index_path = self.path.with_name(self.path.name + ".index")
+        self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
+        self.index_kind = index_kind
+        choose_kind(0, index_kind)  # validate early
+        self.engine = open_engine(self.path, self.lock)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self._index: VectorIndex | None = None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- binding ---------------------------------------------------------------------------
+    def binding(self) -> RegistryRow | None:
+        with self.Session() as s:
+            return s.get(RegistryRow, 1)
+
+    def bind(self, model_name: str, model_ref: str, sha256: str, dim: int) -> RegistryRow:
+        """Bind an empty registry to a model (no-op when already bound)."""
+        with self.lock.hold(), self.Session.begin() as s:
+            row = s.get(RegistryRow, 1)
+            if row is None:
+                row = RegistryRow(
+                    id=1,
+                    model_name=model_name,
+                    model_ref=model_ref,
+                    model_sha256=sha256,
+                    dim=dim,
+                    generation=0,
+                    created=utcnow(),
+                )
+                s.add(row)
+            return row
+
+    def set_threshold(self, threshold: float | None, source: str | None) -> None:
+        with self.lock.hold(), self.Session.begin() as s:
+            row = s.get(RegistryRow, 1)
+            if row is None:
+                raise EmptyRegistryError("registry has no model yet: enroll speakers first")
+            row.threshold, row.threshold_source = threshold, source
+
+    def generation(self) -> int:
+        with self.Session() as s:
+            return s.scalar(select(RegistryRow.generation).where(RegistryRow.id == 1)) or 0
+
+    # --- reads -----------------------------------------------------------------------------
+    def counts(self) -> tuple[int, int]:
+        with self.Session() as s:
+            return (
+                s.scalar(select(func.count(Speaker.id))) or 0,
+                s.scalar(select(func.count(Utterance.id))) or 0,
+            )
+
+    def speakers(self) -> list[SpeakerInfo]:
+        with self.Session() as s:
+            rows = s.execute(
+                select(
+                    Speaker.name,
+                    func.count(Utterance.id),
+                    Speaker.created,
+                    Speaker.updated,
+                    Speaker.meta,
+                )
+                .outerjoin(Utterance)
+                .group_by(Speaker.id)
+                .order_by(Speaker.name)
+            ).all()
+        return [SpeakerInfo(n, c, cr, up, json.loads(m) if m else None) for n, c, cr, up, m in rows]
+
+    def exists(self, name: str) -> bool:
+        with self.Session() as s:
+            return s.scalar(select(Speaker.id).where(Speaker.name == check_name(name))) is not None
+
+    def _get(self, s: Session, name: str) -> Speaker:
+        spk = s.scalar(select(Speaker).where(Speaker.name == check_name(name)))
+        if spk is None:
+            raise SpeakerNotFoundError(f"no speaker named {check_name(name)!r} in the registry")
+        return spk
+
+    def speaker(self, name: str) -> SpeakerInfo:
+        with self.Session() as s:
+            spk = self._get(s, name)
+            utts = [
+                UtteranceInfo(u.source, u.duration, u.audio_sha256, u.created)
+                for u in sorted(spk.utterances, key=lambda u: u.id)
+            ]
+            return SpeakerInfo(
+                spk.name,
+                len(utts),
+                spk.created,
+                spk.updated,
+                json.loads(spk.meta) if spk.meta else None,
+                utts,
+            )
+
+    def voiceprint(self, name: str) -> np.ndarray:
+        with self.Session() as s:
+            return from_blob(self._get(s, name).voiceprint).copy()
+
+    def utterance_embeddings(self, name: str) -> np.ndarray:
+        with self.Session() as s:
+            spk = self._get(s, name)
+            return np.stack([from_blob(u.embedding) for u in spk.utterances])
+
+    def all_voiceprints(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(ids, [n, dim] voiceprints, names) of every speaker."""
+        with self.Session() as s:
+            rows = s.execute(
+                select(Speaker.id, Speaker.voiceprint, Speaker.name).order_by(Speaker.id)
+            ).all()
+        dim = self.binding().dim if rows else 0
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = (
+            np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+            if rows
+            else np.zeros((0, dim), np.float32)
+        )
+        return ids, vecs, [r[2] for r in rows]
+
+    def export_rows(self) -> list[tuple[str, str | None, list[tuple]]]:
+        """Every speaker with metadata and (embedding, source, duration, sha256) utterances."""
+        with self.Session() as s:
+            out = []
+            for spk in s.scalars(select(Speaker).order_by(Speaker.name)):
+                utts = [
+                    (from_blob(u.embedding).copy(), u.source, u.duration, u.audio_sha256)
+                    for u in sorted(spk.utterances, key=lambda u: u.id)
+                ]
+                out.append((spk.name, spk.meta, utts))
+            return out
+
+    # --- writes ----------------------------------------------------------------------------
+    def enroll(
+        self,
+        name: str,
+        utterances: Sequence[NewUtterance],
+        append: bool = False,
+        metadata: dict | None = None,
+    ) -> EnrollResult:
+        """Add a speaker (or, with ``append``, utterances to one) in one transaction."""
+        return self.enroll_many([(name, utterances)], append=append, metadata=metadata)[0]
+
+    def enroll_many(
+        self,
+        items: Sequence[tuple[str, Sequence[NewUtterance]]],
+        append: bool = False,
+        metadata: dict | None = None,
+    ) -> list[EnrollResult]:
+        """Several speakers in one all-or-nothing transaction (bulk import, enroll-dir)."""
+        names = [check_name(n) for n, _ in items]
+        if len(set(names)) != len(names):
+            raise InvalidInputError("the same speaker name appears twice in one enrollment")
+        for name, (_, utts) in zip(names, items):
+            if not utts:
+                raise InvalidInputError(f"no utterances given for {name!r}")
+        with self.lock.hold():
+            index = self._loaded_index_locked()
+            results, upserts, replaced = [], {}, []
+            with self.Session.begin() as s:
+                reg = s.get(RegistryRow, 1)
+                if reg is None:
+                    raise EmptyRegistryError("registry has no model binding; bind it first")
+                for name, (_, utts) in zip(names, items):
+                    res, sid, vp, existed = self._enroll_one(
+                        s, reg.dim, name, utts, append, metadata
+                    )
+                    results.append(res)
+                    if res.added:
+                        upserts[sid] = vp
+                        if existed:
+                            replaced.append(sid)
+                if upserts:
+                    reg.generation += 1
+                generation = reg.generation
+            if upserts:
+                ids = np.fromiter(upserts, dtype=np.int64, count=len(upserts))
+                vecs = np.stack(list(upserts.values()))
+                self._update_index_locked(
+                    index, generation, ids, vecs, np.asarray(replaced, np.int64)
+                )
+        return results
+
+    def _enroll_one(
+        self,
+        s: Session,
+        dim: int,
+        name: str,
+        utts: Sequence[NewUtterance],
+        append: bool,
+        metadata: dict | None,
+    ):
+        spk = s.scalar(select(Speaker).where(Speaker.name == name))
+        if spk is not None and not append:
+            raise SpeakerExistsError(
+                f"speaker {name!r} already exists; use --append to add utterances to it"
+            )
+        existing = {u.audio_sha256 for u in spk.utterances} if spk else set()
+        fresh, skipped, seen = [], [], set()
+        for u in utts:
+            vec = np.asarray(u.vector, dtype=np.float32).reshape(-1)
+            if vec.shape[0] != dim:
+                raise InvalidInputError(
+                    f"embedding of {u.source or name!r} has {vec.shape[0]} dimensions; "
+                    f"the registry's model has {dim}"
+                )
+            if not np.isfinite(vec).all() or not np.any(vec):
+                raise InvalidInputError(f"embedding of {u.source or name!r} is zero or not finite")
+            if u.sha256 and (u.sha256 in existing or u.sha256 in seen):
+                skipped.append(u.source or u.sha256)
+                continue
+            if u.sha256:
+                owner = s.scalar(
+                    select(Speaker.name)
+                    .join(Utterance)
+                    .where(Utterance.audio_sha256 == u.sha256)
+                    .limit(1)
+                )
+                if owner is not None:
+                    raise DuplicateEnrollmentError(
+                        f"{u.source or 'audio'} is already enrolled for speaker {owner!r}"
+                    )
+                seen.add(u.sha256)
+            fresh.append((unit(vec), u))
+        created = spk is None
+        if not fresh:
+            total = len(existing) if spk else 0
+            return EnrollResult(name, False, 0, skipped, total), None, None, not created
+        now = utcnow()
+        if created:
+            spk = Speaker(
+                name=name,
+                created=now,
+                updated=now,
+                voiceprint=b"",
+                meta=json.dumps(metadata, ensure_ascii=False) if metadata else None,
+            )
+            s.add(spk)
+        elif metadata:
+            merged = {**(json.loads(spk.meta) if spk.meta else {}), **metadata}
+            spk.meta = json.dumps(merged, ensure_ascii=False)
+        for vec, u in fresh:
+            spk.utterances.append(
+                Utterance(
+                    embedding=to_blob(vec),
+                    source=u.source,
+                    duration=u.duration,
+                    audio_sha256=u.sha256,
+                    created=now,
+                )
+            )
+        all_vecs = np.stack([from_blob(u.embedding) for u in spk.utterances])
+        vp = unit(all_vecs.mean(axis=0))
+        spk.voiceprint, spk.updated = to_blob(vp), now
+        s.flush()
+        total = len(spk.utterances)
+        return EnrollResult(name, created, len(fresh), skipped, total), spk.id, vp, not created
+
+    def remove(self, name: str) -> int:
+        """Delete a speaker and all its embeddings (database and index). Returns utterances."""
+        with self.lock.hold():
+            index = self._loaded_index_locked()
+            with self.Session.begin() as s:
+                spk = self._get(s, name)
+                sid, count = spk.id, len(spk.utterances)
+                s.execute(delete(Utterance).where(Utterance.speaker_id == sid))
+                s.execute(delete(Speaker).where(Speaker.id == sid))
+                reg = s.get(RegistryRow, 1)
+                reg.generation += 1
+                generation = reg.generation
+            self._update_index_locked(
+                index,
+                generation,
+                np.zeros(0, np.int64),
+                np.zeros((0, 1), np.float32),
+                np.asarray([sid], np.int64),
+            )
+        return count
+
+    def rename(self, old: str, new: str) -> None:
+        new = check_name(new)
+        with self.lock.hold(), self.Session.begin() as s:
+            spk = self._get(s, old)
+            if spk.name == new:
+                return
+            if s.scalar(select(Speaker.id).where(Speaker.name == new)) is not None:
+                raise SpeakerExistsError(f"speaker {new!r} already exists")
+            spk.name, spk.updated = new, utcnow()
+
+    # --- index -----------------------------------------------------------------------------
+    def _try_load(self) -> VectorIndex | None:
+        if not self.index_path.exists():
+            return None
+        try:
+            return VectorIndex.load(self.index_path)
+        except RegistryCorruptError as exc:
+            log.warning("%s; rebuilding it from the database", exc)
+            return None
+
+    def _loaded_index_locked(self) -> VectorIndex | None:
+        """The current index if one can be had cheaply (caller holds the lock)."""
+        gen = self.generation()
+        if self._index is not None and self._index.generation == gen:
+            return self._index
+        idx = self._try_load()
+        return idx if idx is not None and idx.generation == gen else None
+
+    def _rebuild_locked(self) -> VectorIndex:
+        ids, vecs, _ = self.all_voiceprints()
+        b = self.binding()
+        idx = VectorIndex.build(ids, vecs, b.dim if b else 1, self.generation(), self.index_kind)
+        idx.save(self.index_path)
+        self._index = idx
+        return idx
+
+    def _update_index_locked(
+        self,
+        index: VectorIndex | None,
+        generation: int,
+        ids: np.ndarray,
+        vecs: np.ndarray,
+        replaced: np.ndarray,
+    ) -> None:
+        speakers, _ = self.counts()
+        wanted = choose_kind(speakers, self.index_kind)
+        if index is None or index.generation != generation - 1 or index.kind != wanted:
+            self._rebuild_locked()
+            return
+        index.remove(replaced)
+        index.add(ids, vecs)
+        index.generation = generation
+        if index.kind == "hnsw" and index.stale > STALE_REBUILD_FRACTION * max(index.ntotal, 1):
+            self._rebuild_locked()
+            return
+        index.save(self.index_path)
+        self._index = index
+
+    def ensure_index(self) -> VectorIndex:
+        """The index matching the database, loading or rebuilding it as needed."""
+        gen = self.generation()
+        if self._index is not None and self._index.generation == gen:
+            return self._index
+        idx = self._try_load()
+        if idx is not None and idx.generation == gen:
+            self._index = idx
+            return idx
+        with self.lock.hold():
+            idx = self._loaded_index_locked()
+            if idx is not None:
+                self._index = idx
+                return idx
+            return self._rebuild_locked()
+
+    def rebuild_index(self) -> IndexReport:
+        with self.lock.hold():
+            idx = self._rebuild_locked()
+        speakers, _ = self.counts()
+        return IndexReport(True, idx.kind, idx.generation, idx.ntotal, speakers, [], True)
+
+    def check_index(self) -> IndexReport:
+        """Compare the index file with the database entry by entry (flat) or by sampling."""
+        problems: list[str] = []
+        gen = self.generation()
+        speakers, _ = self.counts()
+        idx = None
+        if not self.index_path.exists():
+            problems.append("index file is missing")
+        else:
+            try:
+                idx = VectorIndex.load(self.index_path)
+            except RegistryCorruptError as exc:
+                problems.append(str(exc))
+        if idx is not None:
+            if idx.generation != gen:
+                problems.append(f"index generation {idx.generation} != database {gen}")
+            ids, vecs, _ = self.all_voiceprints()
+            if idx.kind == "flat":
+                if idx.ntotal != speakers:
+                    problems.append(f"index has {idx.ntotal} entries for {speakers} speakers")
+                else:
+                    for sid, vec in zip(ids, vecs):
+                        try:
+                            ok = np.allclose(idx.reconstruct(sid), vec, atol=1e-6)
+                        except RuntimeError:
+                            ok = False
+                        if not ok:
+                            problems.append(f"speaker id {sid} is missing or outdated in index")
+                            break
+            elif idx.ntotal < speakers:
+                problems.append(f"index has {idx.ntotal} entries for {speakers} speakers")
+            if len(ids) and not problems:
+                sample = vecs[:: max(1, len(ids) // 200)]
+                _, found = idx.search(sample, 1)
+                want = ids[:: max(1, len(ids) // 200)]
+                if np.mean(found[:, 0] == want) < 0.95:
+                    problems.append("index searches do not find speakers' own voiceprints")
+        kind = idx.kind if idx else "none"
+        return IndexReport(
+            not problems,
+            kind,
+            idx.generation if idx else -1,
+            idx.ntotal if idx else 0,
+            speakers,
+            problems,
+        )
+
+    # --- search ----------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> list[list[Candidate]]:
+        """Top-``k`` speakers per query by cosine, exactly re-scored against the database."""
+        if k < 1:
+            raise InvalidInputError("top-k must be at least 1")
+        idx = self.ensure_index()
+        speakers, _ = self.counts()
+        if speakers == 0:
+            raise EmptyRegistryError(
+                "the registry is empty: enroll speakers first (speakerid enroll NAME FILE...)"
+            )
+        q = unit(np.atleast_2d(queries))
+        fetch = k if idx.kind == "flat" else min(max(4 * k, 32) + idx.stale, idx.ntotal)
+        _, ids = idx.search(q, fetch)
+        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        with self.Session() as s:
+            rows = (
+                s.execute(
+                    select(Speaker.id, Speaker.name, Speaker.voiceprint).where(
+                        Speaker.id.in_(wanted)
+                    )
+                ).all()
+                if wanted
+                else []
+            )
+        lookup = {r[0]: (r[1], from_blob(r[2])) for r in rows}
+        out = []
+        for qi, row in enumerate(ids):
+            cands = {int(i) for i in row if int(i) in lookup}
+            scored = sorted(
+                ((float(lookup[i][1] @ q[qi]), lookup[i][0]) for i in cands),
+                key=lambda t: (-t[0], t[1]),
+            )
+            out.append([Candidate(name, score) for score, name in scored[:k]])
+        return out

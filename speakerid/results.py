@@ -1,0 +1,151 @@
+"""Result dataclasses returned by the Python API (and printed by the CLI, ``--json`` included)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat(timespec="seconds") + "Z" if dt else None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    speaker: str
+    score: float
+
+
+@dataclass(frozen=True)
+class IdentifyResult:
+    """Open-set answer: ``speaker`` is None when the best score is below ``threshold``."""
+
+    file: str
+    speaker: str | None
+    score: float
+    accepted: bool
+    threshold: float
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "speaker": self.speaker,
+            "score": round(self.score, 6),
+            "accepted": self.accepted,
+            "threshold": self.threshold,
+            "candidates": [
+                {"speaker": c.speaker, "score": round(c.score, 6)} for c in self.candidates
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    speaker: str
+    file: str
+    score: float
+    threshold: float
+    accepted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score"] = round(self.score, 6)
+        return d
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    file1: str
+    file2: str
+    score: float
+    threshold: float
+    accepted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score"] = round(self.score, 6)
+        return d
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    speaker: str
+    created: bool
+    added: int
+    skipped: list[str]
+    utterances: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UtteranceInfo:
+    source: str | None
+    duration: float | None
+    sha256: str | None
+    created: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "duration": self.duration,
+            "sha256": self.sha256,
+            "created": _iso(self.created),
+        }
+
+
+@dataclass(frozen=True)
+class SpeakerInfo:
+    name: str
+    utterances: int
+    created: datetime
+    updated: datetime
+    metadata: dict[str, Any] | None = None
+    details: list[UtteranceInfo] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "utterances": self.utterances,
+            "created": _iso(self.created),
+            "updated": _iso(self.updated),
+        }
+        if self.metadata is not None:
+            d["metadata"] = self.metadata
+        if self.details is not None:
+            d["sources"] = [u.to_dict() for u in self.details]
+        return d
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    ok: bool
+    kind: str
+    generation: int
+    entries: int
+    speakers: int
+    problems: list[str]
+    rebuilt: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RegistryInfo:
+    path: str
+    model: str | None
+    model_sha256: str | None
+    dim: int | None
+    speakers: int
+    utterances: int
+    threshold: float
+    threshold_source: str
+    index_kind: str | None
+    generation: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

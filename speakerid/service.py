@@ -1,0 +1,331 @@
+"""``SpeakerID``: the one facade over embedder + registry that the CLI and Python users call.
+
+Every write embeds (and so validates) all audio first and only then touches the registry, so bad
+input never leaves a half-written registry. Nothing here imports torch until audio must be embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import config
+from .errors import (
+    AudioError,
+    EmptyRegistryError,
+    InvalidInputError,
+    ModelMismatchError,
+    SpeakerExistsError,
+)
+from .registry.store import NewUtterance, Registry, check_name
+from .results import (
+    CompareResult,
+    EnrollResult,
+    IdentifyResult,
+    IndexReport,
+    RegistryInfo,
+    SpeakerInfo,
+    VerifyResult,
+)
+
+log = logging.getLogger("speakerid")
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif"}
+Progress = Callable[[int], None]
+
+
+class SpeakerID:
+    """Enroll, identify and verify speakers in one registry bound to one embedding model."""
+
+    def __init__(
+        self,
+        db: str | os.PathLike | None = None,
+        model: str | os.PathLike | None = None,
+        threshold: float | None = None,
+        device: str | None = None,
+        index_kind: str = "auto",
+        download_progress: Callable[[int, int | None], None] | None = None,
+    ) -> None:
+        self.registry = Registry(Path(db) if db else config.default_db_path(), index_kind)
+        self._model = str(model) if model else None
+        self._threshold = None if threshold is None else config.parse_threshold(threshold)
+        self._device = device
+        self._download_progress = download_progress
+        self._embedder = None
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def __enter__(self) -> SpeakerID:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- model -----------------------------------------------------------------------------
+    @property
+    def embedder(self):
+        """The embedder, loaded on first use and checked against the registry's binding."""
+        if self._embedder is None:
+            from .embedder import Embedder
+
+            binding = self.registry.binding()
+            ref = self._model or (binding.model_ref if binding else config.default_model())
+            emb = Embedder(ref, device=self._device, progress=self._download_progress)
+            if binding and emb.sha256 != binding.model_sha256:
+                raise ModelMismatchError(
+                    f"registry {self.registry.path} is bound to model {binding.model_name!r} "
+                    f"(sha256 {binding.model_sha256[:12]}); {emb.name!r} "
+                    f"(sha256 {emb.sha256[:12]}) gives embeddings that are not comparable: "
+                    f"use the registry's model or another --db"
+                )
+            self._embedder = emb
+        return self._embedder
+
+    def _bind(self) -> None:
+        if self.registry.binding() is None:
+            e = self.embedder
+            self.registry.bind(
+                e.name,
+                str(e.path) if self._model and Path(self._model).is_file() else e.name,
+                e.sha256,
+                e.dim,
+            )
+
+    def threshold(self, override: float | None = None) -> tuple[float, str]:
+        """Effective threshold and where it came from: call > constructor > env > registry."""
+        if override is not None:
+            return config.parse_threshold(override), "argument"
+        if self._threshold is not None:
+            return self._threshold, "argument"
+        env = config.env_threshold()
+        if env is not None:
+            return env, f"${config.ENV_THRESHOLD}"
+        binding = self.registry.binding()
+        if binding is not None and binding.threshold is not None:
+            return binding.threshold, binding.threshold_source or "registry"
+        return config.DEFAULT_THRESHOLD, "default (model card)"
+
+    def set_threshold(self, value: float, source: str = "set by user") -> None:
+        self.registry.set_threshold(config.parse_threshold(value), source)
+
+    # --- embedding helpers -----------------------------------------------------------------
+    def _embed(self, files: Sequence, on_progress: Progress | None = None):
+        from .audio import load_audio
+
+        clips = [load_audio(f) for f in files]  # validate everything before any work
+        return self.embedder.embed_many(clips, on_progress=on_progress)
+
+    # --- enrollment --------------------------------------------------------------------------
+    def enroll(
+        self,
+        name: str,
+        audio_files: Sequence,
+        append: bool = False,
+        metadata: dict[str, Any] | None = None,
+        on_progress: Progress | None = None,
+    ) -> EnrollResult:
+        """Enroll ``name`` from one or more recordings (all-or-nothing)."""
+        name = check_name(name)
+        if not audio_files:
+            raise InvalidInputError("enroll needs at least one audio file")
+        if not append and self.registry.exists(name):  # fail before the costly embedding
+            raise SpeakerExistsError(
+                f"speaker {name!r} already exists; use --append to add utterances to it"
+            )
+        embs = self._embed(audio_files, on_progress)
+        self._bind()
+        utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
+        return self.registry.enroll(name, utts, append=append, metadata=metadata)
+
+    def enroll_dir(
+        self,
+        directory: str | os.PathLike,
+        append: bool = False,
+        skip_errors: bool = False,
+        on_progress: Progress | None = None,
+    ) -> tuple[list[EnrollResult], list[str]]:
+        """Enroll every sub-folder of ``directory`` as one speaker, in one transaction."""
+        root = Path(directory)
+        if not root.is_dir():
+            raise InvalidInputError(f"{root}: not a directory")
+        plan = {
+            d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+            for d in sorted(root.iterdir())
+            if d.is_dir()
+        }
+        plan = {k: v for k, v in plan.items() if v}
+        if not plan:
+            raise InvalidInputError(f"{root}: no speaker sub-folders with audio files")
+        from .audio import load_audio
+
+        errors: list[str] = []
+        items = []
+        for name, files in plan.items():
+            clips = []
+            for f in files:
+                try:
+                    clips.append(load_audio(f))
+                except AudioError as exc:
+                    if not skip_errors:
+                        raise
+                    errors.append(str(exc))
+            if clips:
+                embs = self.embedder.embed_many(clips, on_progress=on_progress)
+                items.append(
+                    (name, [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs])
+                )
+        self._bind()
+        return self.registry.enroll_many(items, append=append), errors
+
+    def import_embeddings(
+        self,
+        names: Sequence[str],
+        vectors: np.ndarray,
+        sources: Sequence[str | None] | None = None,
+        append: bool = False,
+    ) -> list[EnrollResult]:
+        """Add precomputed embeddings (rows of ``vectors``; repeated names = one speaker)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(names):
+            raise InvalidInputError(
+                f"{len(names)} names for an embedding matrix of shape {tuple(vectors.shape)}"
+            )
+        binding = self.registry.binding()
+        if binding is None:
+            from . import weights
+
+            resolved = weights.resolve(
+                self._model or config.default_model(), progress=self._download_progress
+            )
+            ref = str(resolved.path) if Path(str(self._model or "")).is_file() else resolved.name
+            self.registry.bind(resolved.name, ref, resolved.sha256, int(vectors.shape[1]))
+        groups: dict[str, list[NewUtterance]] = {}
+        for i, name in enumerate(names):
+            src = sources[i] if sources else None
+            groups.setdefault(check_name(name), []).append(NewUtterance(vectors[i], src))
+        return self.registry.enroll_many(list(groups.items()), append=append)
+
+    # --- queries -----------------------------------------------------------------------------
+    def identify(self, audio, top_k: int = 1, threshold: float | None = None) -> IdentifyResult:
+        """Who is speaking? Open-set: below the threshold the answer is unknown (None)."""
+        return self.identify_many([audio], top_k=top_k, threshold=threshold)[0]
+
+    def identify_many(
+        self,
+        files: Sequence,
+        top_k: int = 1,
+        threshold: float | None = None,
+        on_progress: Progress | None = None,
+    ) -> list[IdentifyResult]:
+        if top_k < 1:
+            raise InvalidInputError("top-k must be at least 1")
+        t, _ = self.threshold(threshold)
+        self._require_speakers()
+        embs = self._embed(files, on_progress)
+        cands = self.registry.search(np.stack([e.vector for e in embs]), top_k)
+        out = []
+        for e, c in zip(embs, cands):
+            best = c[0].score if c else -1.0
+            ok = bool(c) and best >= t
+            out.append(IdentifyResult(e.source, c[0].speaker if ok else None, best, ok, t, c))
+        return out
+
+    def verify(self, name: str, audio, threshold: float | None = None) -> VerifyResult:
+        """Is this really ``name``? Cosine against the speaker's voiceprint."""
+        t, _ = self.threshold(threshold)
+        voiceprint = self.registry.voiceprint(name)  # unknown speaker fails before embedding
+        emb = self._embed([audio])[0]
+        score = float(voiceprint @ emb.vector)
+        return VerifyResult(check_name(name), emb.source, score, t, score >= t)
+
+    def compare(self, a, b, threshold: float | None = None) -> CompareResult:
+        """Same speaker in two recordings? (No registry entries involved.)"""
+        t, _ = self.threshold(threshold)
+        ea, eb = self._embed([a, b])
+        score = float(ea.vector @ eb.vector)
+        return CompareResult(ea.source, eb.source, score, t, score >= t)
+
+    def _require_speakers(self) -> None:
+        if self.registry.counts()[0] == 0:
+            raise EmptyRegistryError(
+                "the registry is empty: enroll speakers first (speakerid enroll NAME FILE...)"
+            )
+
+    # --- management --------------------------------------------------------------------------
+    def list(self) -> list[SpeakerInfo]:
+        return self.registry.speakers()
+
+    def show(self, name: str) -> SpeakerInfo:
+        return self.registry.speaker(name)
+
+    def remove(self, name: str) -> int:
+        return self.registry.remove(name)
+
+    def rename(self, old: str, new: str) -> None:
+        self.registry.rename(old, new)
+
+    def export(self, directory: str | os.PathLike) -> dict[str, Any]:
+        """Write ``embeddings.npy`` + ``names.txt`` (re-importable) and ``speakers.json``."""
+        out = Path(directory)
+        rows = self.registry.export_rows()
+        if not rows:
+            raise EmptyRegistryError("the registry is empty: nothing to export")
+        out.mkdir(parents=True, exist_ok=True)
+        names, vecs, speakers = [], [], []
+        for name, meta, utts in rows:
+            speakers.append(
+                {
+                    "name": name,
+                    "metadata": json.loads(meta) if meta else None,
+                    "utterances": [
+                        {"source": s, "duration": d, "sha256": h} for _, s, d, h in utts
+                    ],
+                }
+            )
+            for vec, *_ in utts:
+                names.append(name)
+                vecs.append(vec)
+        np.save(out / "embeddings.npy", np.stack(vecs).astype(np.float32))
+        (out / "names.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+        b = self.registry.binding()
+        manifest = {
+            "model": b.model_name,
+            "model_sha256": b.model_sha256,
+            "dim": b.dim,
+            "speakers": speakers,
+        }
+        (out / "speakers.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
+        )
+        return {"directory": str(out), "speakers": len(rows), "utterances": len(names)}
+
+    def info(self) -> RegistryInfo:
+        b = self.registry.binding()
+        speakers, utterances = self.registry.counts()
+        t, source = self.threshold()
+        idx = self.registry._try_load() if b else None
+        return RegistryInfo(
+            str(self.registry.path),
+            b.model_name if b else None,
+            b.model_sha256 if b else None,
+            b.dim if b else None,
+            speakers,
+            utterances,
+            t,
+            source,
+            idx.kind if idx else None,
+            self.registry.generation(),
+        )
+
+    def rebuild_index(self) -> IndexReport:
+        return self.registry.rebuild_index()
+
+    def check_index(self) -> IndexReport:
+        return self.registry.check_index()
