@@ -226,15 +226,30 @@ class SpeakerID:
     ) -> list[IdentifyResult]:
         if top_k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        t, _ = self.threshold(threshold)
+        self.threshold(threshold)  # validate before the costly part
         self._require_speakers()
         embs = self._embed(files, on_progress)
-        cands = self.registry.search(np.stack([e.vector for e in embs]), top_k)
+        return self.identify_embeddings(
+            np.stack([e.vector for e in embs]), top_k, threshold, [e.source for e in embs]
+        )
+
+    def identify_embeddings(
+        self,
+        vectors: np.ndarray,
+        top_k: int = 1,
+        threshold: float | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> list[IdentifyResult]:
+        """Identification of precomputed embeddings (rows of ``vectors``) from this model."""
+        t, _ = self.threshold(threshold)
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        cands = self.registry.search(vectors, top_k)
         out = []
-        for e, c in zip(embs, cands):
+        for i, c in enumerate(cands):
             best = c[0].score if c else -1.0
             ok = bool(c) and best >= t
-            out.append(IdentifyResult(e.source, c[0].speaker if ok else None, best, ok, t, c))
+            src = sources[i] if sources else f"<embedding {i}>"
+            out.append(IdentifyResult(src, c[0].speaker if ok else None, best, ok, t, c))
         return out
 
     def verify(self, name: str, audio, threshold: float | None = None) -> VerifyResult:

@@ -79,3 +79,25 @@ def write_wav(tmp_path):
         return path
 
     return _write
+
+
+def unit_rows(n: int, dim: int = 192, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def sid(tmp_path, tiny_ckpt):
+    """A SpeakerID on a fresh registry, bound to the tiny fixture model."""
+    from speakerid.service import SpeakerID
+
+    with SpeakerID(db=tmp_path / "reg.db", model=tiny_ckpt) as s:
+        yield s
+
+
+@pytest.fixture
+def voices(write_wav):
+    """Distinct synthetic recordings (seeded) as WAV files."""
+    return [
+        write_wav(f"v{i}.wav", speechlike(1.5 + 0.1 * i, seed=i, f0=100 + 15 * i)) for i in range(6)
+    ]

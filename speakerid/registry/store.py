@@ -513,7 +513,7 @@ class Registry:
         for qi, row in enumerate(ids):
             cands = {int(i) for i in row if int(i) in lookup}
             scored = sorted(
-                ((float(lookup[i][1] @ q[qi]), lookup[i][0]) for i in cands),
+                ((min(1.0, max(-1.0, float(lookup[i][1] @ q[qi]))), lookup[i][0]) for i in cands),
                 key=lambda t: (-t[0], t[1]),
             )
             out.append([Candidate(name, score) for score, name in scored[:k]])

@@ -1,0 +1,299 @@
+"""Registry semantics through the Python API: enroll, identify, verify, manage, index cache."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from speakerid import errors
+from speakerid.registry.schema import SCHEMA_REVISION
+from speakerid.service import SpeakerID
+
+from .conftest import unit_rows
+
+
+def _state(sid):
+    return sid.registry.generation(), sid.registry.counts(), [s.name for s in sid.list()]
+
+
+def test_enroll_list_show_and_append(sid, voices):
+    res = sid.enroll("alice", voices[:2])
+    assert (res.speaker, res.created, res.added, res.utterances) == ("alice", True, 2, 2)
+    assert [(s.name, s.utterances) for s in sid.list()] == [("alice", 2)]
+    info = sid.show("alice")
+    assert [u.source for u in info.details] == [str(v) for v in voices[:2]]
+    assert info.details[0].duration == pytest.approx(1.5)
+    with pytest.raises(errors.SpeakerExistsError, match="use --append"):
+        sid.enroll("alice", [voices[2]])
+    res = sid.enroll("alice", [voices[2], voices[0]], append=True)  # voices[0] is a re-enroll
+    assert (res.created, res.added, res.skipped, res.utterances) == (False, 1, [str(voices[0])], 3)
+    vecs = sid.registry.utterance_embeddings("alice")
+    want = vecs.mean(0) / np.linalg.norm(vecs.mean(0))
+    np.testing.assert_allclose(sid.registry.voiceprint("alice"), want, atol=1e-6)
+
+
+def test_same_audio_for_another_speaker_is_refused(sid, voices):
+    sid.enroll("alice", [voices[0]])
+    before = _state(sid)
+    with pytest.raises(
+        errors.DuplicateEnrollmentError, match="already enrolled for speaker 'alice'"
+    ):
+        sid.enroll("bob", [voices[1], voices[0]])
+    assert _state(sid) == before
+
+
+def test_bad_audio_leaves_registry_untouched(sid, voices, tmp_path):
+    sid.enroll("alice", [voices[0]])
+    before = _state(sid)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"garbage" * 50)
+    for call in (
+        lambda: sid.enroll("bob", [voices[1], bad]),
+        lambda: sid.enroll("alice", [voices[1], bad], append=True),
+        lambda: sid.enroll("carol", [voices[2], tmp_path / "missing.wav"]),
+    ):
+        with pytest.raises(errors.AudioError):
+            call()
+        assert _state(sid) == before
+    assert sid.check_index().ok
+
+
+@pytest.mark.parametrize("name", ["Zoë O'Brien", "张伟", "  spaced name  ", "a/b\\c"])
+def test_unicode_and_spaced_names_round_trip(sid, voices, name):
+    sid.enroll(name, [voices[0]])
+    stored = name.strip()
+    assert [s.name for s in sid.list()] == [stored]
+    assert sid.identify(voices[0]).speaker == stored
+    assert sid.verify(name, voices[0]).speaker == stored
+    sid.rename(stored, stored + " 2")
+    assert sid.show(stored + " 2").utterances == 1
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "tab\there", "x" * 201])
+def test_invalid_names(sid, voices, bad):
+    with pytest.raises(errors.InvalidNameError):
+        sid.enroll(bad, [voices[0]])
+    assert sid.registry.counts() == (0, 0)
+
+
+def test_empty_registry_and_unknown_speaker(sid, voices):
+    with pytest.raises(errors.EmptyRegistryError, match="enroll speakers first"):
+        sid.identify(voices[0])
+    with pytest.raises(errors.SpeakerNotFoundError, match="no speaker named 'nobody'"):
+        sid.verify("nobody", voices[0])
+    sid.enroll("alice", [voices[0]])
+    for call in (
+        lambda: sid.verify("nobody", voices[0]),
+        lambda: sid.remove("nobody"),
+        lambda: sid.show("nobody"),
+        lambda: sid.rename("nobody", "x"),
+    ):
+        with pytest.raises(errors.SpeakerNotFoundError):
+            call()
+
+
+def test_model_mismatch_is_refused(sid, voices, tmp_path):
+    import torch
+
+    from .conftest import FIXTURES
+
+    sid.enroll("alice", [voices[0]])
+    other = tmp_path / "other.pt"
+    torch.save(
+        torch.load(FIXTURES / "eres2netv2_w24s4ep4_tiny_reference.pt", weights_only=True)[
+            "state_dict"
+        ],
+        other,
+    )
+    with SpeakerID(db=sid.registry.path, model=other) as s2:
+        with pytest.raises(errors.ModelMismatchError, match="bound to model 'tiny'"):
+            s2.identify(voices[0])
+        with pytest.raises(errors.ModelMismatchError):
+            s2.enroll("bob", [voices[1]])
+    assert [s.name for s in sid.list()] == ["alice"]
+    with pytest.raises(errors.InvalidInputError, match="has 64 dimensions"):
+        sid.import_embeddings(["x"], np.ones((1, 64), np.float32))
+
+
+def test_registry_remembers_its_model(sid, voices, tiny_ckpt):
+    sid.enroll("alice", [voices[0]])
+    with SpeakerID(db=sid.registry.path) as s2:  # no --model: uses the bound one
+        assert s2.identify(voices[0]).speaker == "alice"
+        assert s2.embedder.sha256 == sid.embedder.sha256
+
+
+def test_threshold_edges_and_precedence(sid, monkeypatch):
+    vecs = unit_rows(3)
+    sid.import_embeddings(["a", "b", "c"], vecs)
+    probe = vecs[0] + 0.5 * unit_rows(1, seed=7)[0]
+    score = sid.identify_embeddings(probe)[0].score
+    assert 0.5 < score < 1.0
+    assert sid.threshold() == (0.365, "default (model card)")
+    above = float(np.nextafter(score, 2.0))
+    for t, accepted in [(score, True), (above, False), (-1.0, True), (1.0, False)]:
+        res = sid.identify_embeddings(probe, top_k=2, threshold=t)[0]
+        assert res.accepted is accepted and res.threshold == t
+        assert res.speaker == ("a" if accepted else None)
+        assert res.candidates[0].speaker == "a"  # still listed when unknown
+    assert sid.identify_embeddings(vecs[1])[0].score == 1.0  # clipped, never above 1
+    with pytest.raises(errors.InvalidInputError, match=r"in \[-1, 1\]"):
+        sid.threshold(1.5)
+    sid.set_threshold(0.5, "calibrated")
+    assert sid.threshold() == (0.5, "calibrated")
+    monkeypatch.setenv("SPEAKERID_THRESHOLD", "0.25")
+    assert sid.threshold() == (0.25, "$SPEAKERID_THRESHOLD")
+    assert sid.threshold(0.7) == (0.7, "argument")
+    monkeypatch.setenv("SPEAKERID_THRESHOLD", "abc")
+    with pytest.raises(errors.InvalidInputError, match="must be a number"):
+        sid.threshold()
+
+
+def test_open_set_identification_and_candidates(sid, voices):
+    vecs = unit_rows(5, seed=3)
+    sid.import_embeddings([f"s{i}" for i in range(5)], vecs)
+    noisy = vecs[2] + 0.3 * unit_rows(1, seed=9)[0]
+    cands = sid.registry.search(noisy[None], 3)[0]
+    assert cands[0].speaker == "s2" and len(cands) == 3
+    assert cands[0].score >= cands[1].score >= cands[2].score
+    stranger = unit_rows(1, seed=42)[0]
+    top = sid.registry.search(stranger[None], 2)[0]
+    assert top[0].score < 0.365  # random 192-d directions are near-orthogonal
+
+
+def test_identify_real_audio_open_set(sid, voices):
+    sid.enroll("alice", [voices[0]])
+    known = sid.identify(voices[0], top_k=3)
+    assert (known.speaker, known.accepted) == ("alice", True)
+    assert known.score == pytest.approx(1.0, abs=1e-5)
+    strict = sid.identify(voices[1], threshold=1.0)
+    assert strict.speaker is None and not strict.accepted
+    assert [c.speaker for c in strict.candidates] == ["alice"]
+
+
+def test_remove_deletes_from_database_and_index(sid):
+    vecs = unit_rows(4, seed=5)
+    sid.import_embeddings(["a", "b", "c", "d"], vecs)
+    assert sid.remove("b") == 1
+    assert [s.name for s in sid.list()] == ["a", "c", "d"]
+    with sqlite3.connect(sid.registry.path) as con:
+        assert con.execute("select count(*) from utterances").fetchone()[0] == 3
+        blobs = [r[0] for r in con.execute("select embedding from utterances")]
+    assert vecs[1].astype("<f4").tobytes() not in blobs
+    hits = sid.registry.search(vecs[1][None], 4)[0]
+    assert "b" not in [c.speaker for c in hits]
+    idx = sid.registry.ensure_index()
+    _, ids = idx.search(vecs[1][None], idx.ntotal)
+    assert len(ids[0]) == 3 and sid.check_index().ok
+
+
+def test_hnsw_index_removal_wipes_vectors_and_rescoring_is_exact(tmp_path, tiny_ckpt):
+    import faiss
+
+    with SpeakerID(db=tmp_path / "h.db", model=tiny_ckpt, index_kind="hnsw") as s:
+        vecs = unit_rows(50, seed=11)
+        s.import_embeddings([f"s{i}" for i in range(50)], vecs)
+        assert s.registry.ensure_index().kind == "hnsw"
+        s.remove("s7")
+        idx = s.registry.ensure_index()
+        stored = faiss.downcast_index(idx.index.index)
+        labels = faiss.vector_to_array(idx.index.id_map)
+        removed_pos = [i for i, lab in enumerate(labels) if lab == 8]  # id of s7 (1-based ids)
+        assert removed_pos and not np.any(stored.reconstruct(removed_pos[0]))
+        assert s.registry.search(vecs[7][None], 3)[0][0].speaker != "s7"
+        got = s.registry.search(vecs[3][None], 1)[0][0]
+        assert got.speaker == "s3" and got.score == pytest.approx(1.0, abs=1e-6)
+        assert s.check_index().ok
+
+
+def test_index_is_rebuilt_when_missing_corrupt_or_stale(sid):
+    vecs = unit_rows(6, seed=1)
+    sid.import_embeddings([f"s{i}" for i in range(3)], vecs[:3])
+    path = sid.registry.index_path
+    old = path.read_bytes()
+    sid.import_embeddings([f"s{i}" for i in range(3, 6)], vecs[3:])
+    for damage in (
+        lambda: path.unlink(),
+        lambda: path.write_bytes(b"junk"),
+        lambda: path.write_bytes(old),
+    ):  # old = stale generation
+        damage()
+        assert not sid.check_index().ok
+        with SpeakerID(db=sid.registry.path) as fresh:
+            assert fresh.registry.search(vecs[5][None], 1)[0][0].speaker == "s5"
+        assert sid.check_index().ok
+    report = sid.rebuild_index()
+    assert report.rebuilt and report.entries == 6
+
+
+def test_export_import_round_trip(sid, tmp_path, tiny_ckpt):
+    vecs = unit_rows(5, seed=2)
+    sid.import_embeddings(["a", "a", "b", "c", "c"], vecs)
+    summary = sid.export(tmp_path / "out")
+    assert summary == {"directory": str(tmp_path / "out"), "speakers": 3, "utterances": 5}
+    names = (tmp_path / "out" / "names.txt").read_text().split()
+    matrix = np.load(tmp_path / "out" / "embeddings.npy")
+    with SpeakerID(db=tmp_path / "copy.db", model=tiny_ckpt) as other:
+        other.import_embeddings(names, matrix)
+        for n in "abc":
+            np.testing.assert_allclose(
+                other.registry.voiceprint(n), sid.registry.voiceprint(n), atol=1e-6
+            )
+
+
+def test_schema_is_alembic_managed_and_head_matches_code(sid):
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from speakerid.registry.database import migrations_dir
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION
+    with sqlite3.connect(sid.registry.path) as con:
+        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0001"
+        assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_not_a_database_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(errors.RegistryCorruptError, match="not a usable registry database"):
+        SpeakerID(db=bad)
+
+
+def test_wheel_ships_migrations(tmp_path):
+    """A non-editable install must be able to create databases: the wheel carries migrations."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from .conftest import ROOT
+
+    pytest.importorskip("setuptools")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("speakerid-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in (
+        "speakerid/migrations/env.py",
+        "speakerid/migrations/script.py.mako",
+        "speakerid/migrations/versions/0001_initial.py",
+        "speakerid/registry/store.py",
+    ):
+        assert f in names
