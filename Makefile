@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m speakerid.demo
+	$(PY) -m speakerid demo
 
 test: $(STAMP)
 	$(PY) -m ruff check speakerid tests bench migrations

@@ -8,6 +8,7 @@ import os
 import typer
 
 from . import manage_cmd, model_cmd, registry_cmd
+from .demo_cmd import demo
 from .embed_cmd import embed
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.command("export")(manage_cmd.export)
 app.command("info")(manage_cmd.info)
 app.command("threshold")(manage_cmd.threshold)
 app.add_typer(manage_cmd.index_app, name="index")
+app.command("demo")(demo)
 
 
 def main() -> None:
