@@ -51,8 +51,9 @@ def _speakers(data: Path, count: int) -> dict[str, list[Path]]:
 @handle_errors
 def demo(
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
-    data: Annotated[Path, typer.Option("--data", help="Folder with manifest.csv "
-                                                      "(path,speaker,...).")] = SHARED_DEV,
+    data: Annotated[
+        Path, typer.Option("--data", help="Folder with manifest.csv (path,speaker,...).")
+    ] = SHARED_DEV,
     speakers: Annotated[int, typer.Option("--speakers", help="Speakers to enroll.")] = 6,
     device: DeviceOpt = None,
 ) -> None:
@@ -62,8 +63,10 @@ def demo(
     names = list(people)
     enrolled, stranger = names[:speakers], names[speakers]
     typer.echo(f"model: {why}")
-    with tempfile.TemporaryDirectory() as tmp, open_service(Path(tmp) / "demo.db", model_ref,
-                                                            device) as sid:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        open_service(Path(tmp) / "demo.db", model_ref, device) as sid,
+    ):
         typer.echo(f"\n1. enroll {len(enrolled)} speakers from 3 recordings each")
         for name in enrolled:
             r = sid.enroll(name, people[name][:3])
@@ -77,13 +80,17 @@ def demo(
             answer = r.speaker or "unknown"
             expected = truth if truth in enrolled else "unknown"
             correct += answer == expected
-            typer.echo(f"   {path.name}: {answer:<8} score {r.score:.3f}  "
-                       f"(truth: {expected}) {'OK' if answer == expected else 'MISS'}")
+            typer.echo(
+                f"   {path.name}: {answer:<8} score {r.score:.3f}  "
+                f"(truth: {expected}) {'OK' if answer == expected else 'MISS'}"
+            )
         typer.echo(f"   {correct}/{len(probes)} correct at threshold {t} ({source})")
         typer.echo("\n3. verify claims")
         claim_true = sid.verify(enrolled[0], people[enrolled[0]][6])
         claim_false = sid.verify(enrolled[0], people[enrolled[1]][6])
         for label, v in (("genuine", claim_true), ("impostor", claim_false)):
-            typer.echo(f"   {label}: is {Path(v.file).name} {v.speaker}? "
-                       f"{'accepted' if v.accepted else 'rejected'} (score {v.score:.3f})")
+            typer.echo(
+                f"   {label}: is {Path(v.file).name} {v.speaker}? "
+                f"{'accepted' if v.accepted else 'rejected'} (score {v.score:.3f})"
+            )
     typer.echo("\nTry it yourself: speakerid enroll NAME a.wav b.wav; speakerid identify x.wav")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import (
@@ -240,7 +240,21 @@ class Registry:
                 reg = s.get(RegistryRow, 1)
                 if reg is None:
                     raise EmptyRegistryError("registry has no model binding; bind it first")
+                existing = self._existing_names(s, names)
+                plain = [
+                    (n, u)
+                    for n, (_, u) in zip(names, items)
+                    if n not in existing and all(x.sha256 is None for x in u)
+                ]
+                done: set[str] = set()
+                if len(plain) > 1:  # bulk path: many new speakers without audio hashes
+                    for res, sid, vp in self._insert_new(s, reg.dim, plain, metadata):
+                        results.append(res)
+                        upserts[sid] = vp
+                    done = {n for n, _ in plain}
                 for name, (_, utts) in zip(names, items):
+                    if name in done:
+                        continue
                     res, sid, vp, existed = self._enroll_one(
                         s, reg.dim, name, utts, append, metadata
                     )
@@ -249,6 +263,8 @@ class Registry:
                         upserts[sid] = vp
                         if existed:
                             replaced.append(sid)
+                order = {n: i for i, n in enumerate(names)}
+                results.sort(key=lambda r: order[r.speaker])
                 if upserts:
                     reg.generation += 1
                 generation = reg.generation
@@ -259,6 +275,61 @@ class Registry:
                     index, generation, ids, vecs, np.asarray(replaced, np.int64)
                 )
         return results
+
+    @staticmethod
+    def _existing_names(s: Session, names: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(names), 900):
+            chunk = names[i : i + 900]
+            found.update(s.scalars(select(Speaker.name).where(Speaker.name.in_(chunk))))
+        return found
+
+    def _insert_new(self, s: Session, dim: int, plain, metadata: dict | None):
+        """Insert many new speakers with Core bulk inserts (import-embeddings at scale)."""
+        now = utcnow()
+        meta = json.dumps(metadata, ensure_ascii=False) if metadata else None
+        prepared = []
+        for name, utts in plain:
+            vecs = np.stack([self._check_vector(u, dim, name) for u in utts])
+            prepared.append((name, utts, vecs, unit(vecs.mean(axis=0))))
+        rows = [
+            {"name": n, "meta": meta, "voiceprint": to_blob(vp), "created": now, "updated": now}
+            for n, _, _, vp in prepared
+        ]
+        ids: list[int] = []
+        stmt = insert(Speaker).returning(Speaker.id, sort_by_parameter_order=True)
+        for i in range(0, len(rows), 10000):
+            ids.extend(s.scalars(stmt, rows[i : i + 10000]))
+        utt_rows = [
+            {
+                "speaker_id": sid,
+                "embedding": to_blob(v),
+                "source": u.source,
+                "duration": u.duration,
+                "audio_sha256": None,
+                "created": now,
+            }
+            for sid, (_, utts, vecs, _) in zip(ids, prepared)
+            for u, v in zip(utts, vecs)
+        ]
+        for i in range(0, len(utt_rows), 10000):
+            s.execute(insert(Utterance), utt_rows[i : i + 10000])
+        return [
+            (EnrollResult(n, True, len(u), [], len(u)), sid, vp)
+            for sid, (n, u, _, vp) in zip(ids, prepared)
+        ]
+
+    @staticmethod
+    def _check_vector(u: NewUtterance, dim: int, name: str) -> np.ndarray:
+        vec = np.asarray(u.vector, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != dim:
+            raise InvalidInputError(
+                f"embedding of {u.source or name!r} has {vec.shape[0]} dimensions; "
+                f"the registry's model has {dim}"
+            )
+        if not np.isfinite(vec).all() or not np.any(vec):
+            raise InvalidInputError(f"embedding of {u.source or name!r} is zero or not finite")
+        return unit(vec)
 
     def _enroll_one(
         self,
@@ -277,14 +348,7 @@ class Registry:
         existing = {u.audio_sha256 for u in spk.utterances} if spk else set()
         fresh, skipped, seen = [], [], set()
         for u in utts:
-            vec = np.asarray(u.vector, dtype=np.float32).reshape(-1)
-            if vec.shape[0] != dim:
-                raise InvalidInputError(
-                    f"embedding of {u.source or name!r} has {vec.shape[0]} dimensions; "
-                    f"the registry's model has {dim}"
-                )
-            if not np.isfinite(vec).all() or not np.any(vec):
-                raise InvalidInputError(f"embedding of {u.source or name!r} is zero or not finite")
+            vec = self._check_vector(u, dim, name)
             if u.sha256 and (u.sha256 in existing or u.sha256 in seen):
                 skipped.append(u.source or u.sha256)
                 continue
@@ -300,7 +364,7 @@ class Registry:
                         f"{u.source or 'audio'} is already enrolled for speaker {owner!r}"
                     )
                 seen.add(u.sha256)
-            fresh.append((unit(vec), u))
+            fresh.append((vec, u))
         created = spk is None
         if not fresh:
             total = len(existing) if spk else 0
