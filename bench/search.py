@@ -54,9 +54,25 @@ def run_size(n: int, probes: int, tmp: Path, model: Path) -> dict:
     (tmp / "names.txt").write_text("".join(f"spk{i:07d}\n" for i in range(n)))
     db = tmp / f"reg-{n}.db"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "speakerid", "import-embeddings", str(tmp / "m.npy"),
-                    "--names", str(tmp / "names.txt"), "--db", str(db), "--model", str(model),
-                    "--json"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "speakerid",
+            "import-embeddings",
+            str(tmp / "m.npy"),
+            "--names",
+            str(tmp / "names.txt"),
+            "--db",
+            str(db),
+            "--model",
+            str(model),
+            "--json",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     import_s = time.perf_counter() - t0
     targets = rng.integers(0, n, probes)
     q = unit(vecs[targets] + 1.3 * unit(rng.standard_normal((probes, DIM))))
@@ -78,11 +94,18 @@ def run_size(n: int, probes: int, tmp: Path, model: Path) -> dict:
         base_lat.append(time.perf_counter() - t)
     recall = float(np.mean(np.array(answers) == np.array(exact)))
     true_hit = float(np.mean(np.array(exact) == targets))
-    return {"n": n, "kind": kind, "import_s": import_s, "load_s": load_s,
-            "p50_ms": 1e3 * np.percentile(lat, 50), "p99_ms": 1e3 * np.percentile(lat, 99),
-            "base_p50_ms": 1e3 * np.percentile(base_lat, 50),
-            "base_p99_ms": 1e3 * np.percentile(base_lat, 99),
-            "recall": recall, "exact_is_target": true_hit}
+    return {
+        "n": n,
+        "kind": kind,
+        "import_s": import_s,
+        "load_s": load_s,
+        "p50_ms": 1e3 * np.percentile(lat, 50),
+        "p99_ms": 1e3 * np.percentile(lat, 99),
+        "base_p50_ms": 1e3 * np.percentile(base_lat, 50),
+        "base_p99_ms": 1e3 * np.percentile(base_lat, 99),
+        "recall": recall,
+        "exact_is_target": true_hit,
+    }
 
 
 def main() -> None:
@@ -93,15 +116,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="speakerid-bench-"))
     try:
         model = make_model(tmp)
-        print(f"{'speakers':>9} {'index':>5} {'import s':>9} {'load s':>7} | "
-              f"{'speakerid p50/p99 ms':>21} | {'numpy brute p50/p99 ms':>23} | "
-              f"{'recall@1':>8} {'exact=target':>12}", flush=True)
+        print(
+            f"{'speakers':>9} {'index':>5} {'import s':>9} {'load s':>7} | "
+            f"{'speakerid p50/p99 ms':>21} | {'numpy brute p50/p99 ms':>23} | "
+            f"{'recall@1':>8} {'exact=target':>12}",
+            flush=True,
+        )
         for n in args.sizes:
             r = run_size(n, args.probes, tmp, model)
-            print(f"{r['n']:>9} {r['kind']:>5} {r['import_s']:>9.1f} {r['load_s']:>7.2f} | "
-                  f"{r['p50_ms']:>10.3f} / {r['p99_ms']:>8.3f} | "
-                  f"{r['base_p50_ms']:>11.3f} / {r['base_p99_ms']:>9.3f} | "
-                  f"{r['recall']:>8.4f} {r['exact_is_target']:>12.4f}", flush=True)
+            print(
+                f"{r['n']:>9} {r['kind']:>5} {r['import_s']:>9.1f} {r['load_s']:>7.2f} | "
+                f"{r['p50_ms']:>10.3f} / {r['p99_ms']:>8.3f} | "
+                f"{r['base_p50_ms']:>11.3f} / {r['base_p99_ms']:>9.3f} | "
+                f"{r['recall']:>8.4f} {r['exact_is_target']:>12.4f}",
+                flush=True,
+            )
             for f in tmp.glob(f"reg-{n}.db*"):
                 f.unlink()
     finally:

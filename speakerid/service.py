@@ -268,7 +268,7 @@ class SpeakerID:
         return CompareResult(ea.source, eb.source, score, t, score >= t)
 
     def _require_speakers(self) -> None:
-        if self.registry.counts()[0] == 0:
+        if self.registry.is_empty():
             raise EmptyRegistryError(
                 "the registry is empty: enroll speakers first (speakerid enroll NAME FILE...)"
             )

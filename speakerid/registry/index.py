@@ -27,8 +27,10 @@ from ..errors import RegistryCorruptError
 MAGIC = b"SPKIDX1\n"
 HNSW_MIN_SPEAKERS = 100_000
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
+HNSW_EF_CONSTRUCTION = 100
+#: Measured on 100k random 192-d voiceprints: ef 128 -> recall@1 0.95, 256 -> 0.994, 512 -> 1.0
+#: (0.5 / 1.0 / 1.9 ms per query on 2 cores).
+HNSW_EF_SEARCH = 512
 
 
 def choose_kind(count: int, requested: str = "auto") -> str:
