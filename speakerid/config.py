@@ -53,12 +53,16 @@ def default_device() -> str:
     return os.environ.get(ENV_DEVICE) or "cpu"
 
 
-def parse_threshold(value: float | str) -> float:
-    """Validate a cosine threshold: a finite number in [-1, 1]."""
+def parse_threshold(value: float | str, asnorm: bool = False) -> float:
+    """Validate a threshold: a cosine in [-1, 1], or any finite z-score for AS-Norm scores."""
     try:
         t = float(value)
     except (TypeError, ValueError):
         raise InvalidInputError(f"threshold must be a number, got {value!r}") from None
+    if asnorm:
+        if t != t or t in (float("inf"), float("-inf")):
+            raise InvalidInputError(f"AS-Norm threshold must be finite, got {t}")
+        return t
     if not -1.0 <= t <= 1.0:
         raise InvalidInputError(f"threshold must be a cosine in [-1, 1], got {t}")
     return t

@@ -49,6 +49,10 @@ class SilentAudioError(AudioError):
     pass
 
 
+class AudioQualityError(AudioError):
+    """Too little speech to enroll reliably (override with --force)."""
+
+
 # --- models ------------------------------------------------------------------------------
 class ModelError(SpeakerIDError):
     """A model cannot be found, fetched or loaded."""

@@ -36,3 +36,34 @@ def eer(target: np.ndarray, nontarget: np.ndarray) -> tuple[float, float]:
     candidates = [i] if i == 0 else [i - 1, i]
     best = min(candidates, key=lambda j: abs(p_miss[j] - p_fa[j]))
     return float((p_miss[best] + p_fa[best]) / 2), float(thr[best])
+
+
+def min_dcf(
+    target: np.ndarray,
+    nontarget: np.ndarray,
+    p_target: float,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> tuple[float, float]:
+    """Normalized minimum detection cost (NIST SRE) and the threshold achieving it."""
+    if not 0.0 < p_target < 1.0:
+        raise ValueError("p_target must be in (0, 1)")
+    thr, p_miss, p_fa = det_curve(target, nontarget)
+    dcf = c_miss * p_miss * p_target + c_fa * p_fa * (1.0 - p_target)
+    norm = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    i = int(np.argmin(dcf))
+    return float(dcf[i] / norm), float(thr[i])
+
+
+def threshold_at_far(
+    target: np.ndarray, nontarget: np.ndarray, far: float
+) -> tuple[float, float, float]:
+    """Lowest threshold whose false-accept rate is at most ``far``: (threshold, FAR, FRR).
+
+    The lowest such threshold accepts the most genuine trials for that false-accept budget.
+    """
+    thr, p_miss, p_fa = det_curve(target, nontarget)
+    ok = np.flatnonzero(p_fa <= far)
+    i = int(ok[0])  # p_fa decreases with the threshold, so the first admissible is the lowest
+    t = float(thr[i]) if np.isfinite(thr[i]) else float(np.max(nontarget)) + 1e-6
+    return t, float(p_fa[i]), float(p_miss[i])

@@ -76,6 +76,8 @@ class EnrollResult:
     added: int
     skipped: list[str]
     utterances: int
+    warnings: list[str] = field(default_factory=list)
+    quality: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,16 @@ import numpy as np
 from . import config
 from .errors import (
     AudioError,
+    AudioQualityError,
     EmptyRegistryError,
     InvalidInputError,
     ModelMismatchError,
     SpeakerExistsError,
 )
+from .quality import MIN_SPEECH_SECONDS
 from .registry.store import NewUtterance, Registry, check_name
 from .results import (
+    Candidate,
     CompareResult,
     EnrollResult,
     IdentifyResult,
@@ -98,10 +102,22 @@ class SpeakerID:
                 e.dim,
             )
 
-    def threshold(self, override: float | None = None) -> tuple[float, str]:
-        """Effective threshold and where it came from: call > constructor > env > registry."""
+    def threshold(self, override: float | None = None, asnorm: bool = False) -> tuple[float, str]:
+        """Effective threshold and its origin: call > constructor > env > registry > default.
+
+        AS-Norm scores are z-scores: they use only the call's value or the registry's
+        calibrated ``threshold_asnorm`` (``speakerid calibrate --asnorm --apply``).
+        """
         if override is not None:
-            return config.parse_threshold(override), "argument"
+            return config.parse_threshold(override, asnorm), "argument"
+        if asnorm:
+            b = self.registry.binding()
+            if b is None or b.threshold_asnorm is None:
+                raise InvalidInputError(
+                    "AS-Norm scores need their own threshold: pass --threshold or run "
+                    "speakerid calibrate --asnorm --apply"
+                )
+            return b.threshold_asnorm, b.threshold_asnorm_source or "registry"
         if self._threshold is not None:
             return self._threshold, "argument"
         env = config.env_threshold()
@@ -112,8 +128,11 @@ class SpeakerID:
             return binding.threshold, binding.threshold_source or "registry"
         return config.DEFAULT_THRESHOLD, "default (model card)"
 
-    def set_threshold(self, value: float, source: str = "set by user") -> None:
-        self.registry.set_threshold(config.parse_threshold(value), source)
+    def set_threshold(
+        self, value: float, source: str = "set by user", asnorm: bool = False
+    ) -> None:
+        self._bind()
+        self.registry.set_threshold(config.parse_threshold(value, asnorm), source, asnorm)
 
     # --- embedding helpers -----------------------------------------------------------------
     def _embed(self, files: Sequence, on_progress: Progress | None = None):
@@ -123,6 +142,33 @@ class SpeakerID:
         return self.embedder.embed_many(clips, on_progress=on_progress)
 
     # --- enrollment --------------------------------------------------------------------------
+    def _prepare(
+        self, files: Sequence, vad: bool, force: bool, min_speech: float
+    ) -> tuple[list, list[str], list[dict]]:
+        """Load, quality-check and optionally VAD-trim enrollment audio (nothing written)."""
+        from .audio import AudioClip, load_audio
+        from .quality import measure, trim_silence
+
+        clips, warnings, report = [], [], []
+        for f in files:
+            clip = load_audio(f)
+            q = measure(clip.samples)
+            report.append({"file": clip.source, **q.to_dict()})
+            if q.speech_seconds < min_speech and not force:
+                raise AudioQualityError(
+                    f"{clip.source}: only {q.speech_seconds:.2f} s of speech (minimum "
+                    f"{min_speech:.2f} s); use --force to enroll it anyway"
+                )
+            warnings.extend(f"{clip.source}: {w}" for w in q.warnings())
+            if vad:
+                trimmed = trim_silence(clip.samples)
+                if len(trimmed) >= 0.5 * 16000:
+                    clip = AudioClip(
+                        trimmed, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
+                    )
+            clips.append(clip)
+        return clips, warnings, report
+
     def enroll(
         self,
         name: str,
@@ -130,8 +176,16 @@ class SpeakerID:
         append: bool = False,
         metadata: dict[str, Any] | None = None,
         on_progress: Progress | None = None,
+        force: bool = False,
+        vad: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> EnrollResult:
-        """Enroll ``name`` from one or more recordings (all-or-nothing)."""
+        """Enroll ``name`` from one or more recordings (all-or-nothing).
+
+        Files with less than ``min_speech`` seconds of speech are refused unless ``force``;
+        clipping and low SNR are reported as warnings. ``vad`` trims silence before embedding
+        (off by default so that scores match the official pipeline).
+        """
         name = check_name(name)
         if not audio_files:
             raise InvalidInputError("enroll needs at least one audio file")
@@ -139,10 +193,12 @@ class SpeakerID:
             raise SpeakerExistsError(
                 f"speaker {name!r} already exists; use --append to add utterances to it"
             )
-        embs = self._embed(audio_files, on_progress)
+        clips, warnings, report = self._prepare(audio_files, vad, force, min_speech)
+        embs = self.embedder.embed_many(clips, on_progress=on_progress)
         self._bind()
         utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
-        return self.registry.enroll(name, utts, append=append, metadata=metadata)
+        res = self.registry.enroll(name, utts, append=append, metadata=metadata)
+        return replace(res, warnings=warnings, quality=report)
 
     def enroll_dir(
         self,
@@ -223,14 +279,15 @@ class SpeakerID:
         top_k: int = 1,
         threshold: float | None = None,
         on_progress: Progress | None = None,
+        asnorm: bool = False,
     ) -> list[IdentifyResult]:
         if top_k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        self.threshold(threshold)  # validate before the costly part
+        self.threshold(threshold, asnorm)  # validate before the costly part
         self._require_speakers()
         embs = self._embed(files, on_progress)
         return self.identify_embeddings(
-            np.stack([e.vector for e in embs]), top_k, threshold, [e.source for e in embs]
+            np.stack([e.vector for e in embs]), top_k, threshold, [e.source for e in embs], asnorm
         )
 
     def identify_embeddings(
@@ -239,11 +296,16 @@ class SpeakerID:
         top_k: int = 1,
         threshold: float | None = None,
         sources: Sequence[str] | None = None,
+        asnorm: bool = False,
     ) -> list[IdentifyResult]:
         """Identification of precomputed embeddings (rows of ``vectors``) from this model."""
-        t, _ = self.threshold(threshold)
+        if top_k < 1:
+            raise InvalidInputError("top-k must be at least 1")
+        t, _ = self.threshold(threshold, asnorm)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        cands = self.registry.search(vectors, top_k)
+        cands = self.registry.search(vectors, top_k if not asnorm else max(top_k, 20))
+        if asnorm:
+            cands = self._asnorm_candidates(vectors, cands, top_k)
         out = []
         for i, c in enumerate(cands):
             best = c[0].score if c else -1.0
@@ -252,12 +314,51 @@ class SpeakerID:
             out.append(IdentifyResult(src, c[0].speaker if ok else None, best, ok, t, c))
         return out
 
-    def verify(self, name: str, audio, threshold: float | None = None) -> VerifyResult:
-        """Is this really ``name``? Cosine against the speaker's voiceprint."""
-        t, _ = self.threshold(threshold)
+    def _cohort(self) -> tuple[np.ndarray, list[str]]:
+        _, vecs, names = self.registry.all_voiceprints()
+        if len(names) < 3:
+            raise InvalidInputError("AS-Norm needs at least 3 enrolled speakers as cohort")
+        return vecs, names
+
+    def _asnorm_candidates(self, q: np.ndarray, cands, top_k: int):
+        """Re-rank raw candidates by AS-Norm against the registry's other speakers."""
+        from .scoring import DEFAULT_TOP_N, asnorm, cohort_stats
+
+        cohort, names = self._cohort()
+        index = {n: i for i, n in enumerate(names)}
+        out = []
+        for qi, row in enumerate(cands):
+            test_stats = cohort_stats(q[qi], cohort, DEFAULT_TOP_N)
+            rescored = []
+            for c in row:
+                keep = np.arange(len(names)) != index[c.speaker]
+                stats_e = cohort_stats(cohort[index[c.speaker]], cohort[keep], DEFAULT_TOP_N)
+                norm = asnorm(np.array([c.score]), stats_e, test_stats)[0]
+                rescored.append(Candidate(c.speaker, float(norm)))
+            out.append(sorted(rescored, key=lambda c: -c.score)[:top_k])
+        return out
+
+    def verify(
+        self, name: str, audio, threshold: float | None = None, asnorm: bool = False
+    ) -> VerifyResult:
+        """Is this really ``name``? Cosine (or AS-Norm score) against the voiceprint."""
+        t, _ = self.threshold(threshold, asnorm)
         voiceprint = self.registry.voiceprint(name)  # unknown speaker fails before embedding
         emb = self._embed([audio])[0]
         score = float(voiceprint @ emb.vector)
+        if asnorm:
+            from .scoring import DEFAULT_TOP_N, cohort_stats
+            from .scoring import asnorm as normalize
+
+            cohort, names = self._cohort()
+            others = cohort[[n != check_name(name) for n in names]]
+            score = float(
+                normalize(
+                    np.array([score]),
+                    cohort_stats(voiceprint, others, DEFAULT_TOP_N),
+                    cohort_stats(emb.vector, others, DEFAULT_TOP_N),
+                )[0]
+            )
         return VerifyResult(check_name(name), emb.source, score, t, score >= t)
 
     def compare(self, a, b, threshold: float | None = None) -> CompareResult:

@@ -36,13 +36,17 @@ def _one_line_error(result, code=2, contains=""):
 def test_enroll_identify_verify_compare_json_contracts(cli, voices):
     r = cli("enroll", "alice", voices[0], voices[1], "--json", "--meta", "team=red")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout) == {
+    out = json.loads(r.stdout)
+    assert {k: out[k] for k in ("speaker", "created", "added", "skipped", "utterances")} == {
         "speaker": "alice",
         "created": True,
         "added": 2,
         "skipped": [],
         "utterances": 2,
     }
+    assert out["warnings"] == []
+    assert [q["file"] for q in out["quality"]] == [str(voices[0]), str(voices[1])]
+    assert out["quality"][0]["duration"] == 1.5 and out["quality"][0]["speech_seconds"] > 1.0
     assert cli("enroll", "bob", voices[2], "--json").exit_code == 0
 
     r = cli("identify", voices[0], voices[2], "--top-k", "2", "--json")
@@ -144,13 +148,13 @@ def test_import_embeddings_formats_and_export(cli, tmp_path):
     np.save(tmp_path / "m.npy", vecs[2:])
     (tmp_path / "names.txt").write_text("carol\ncarol\n")
     r = cli("import-embeddings", tmp_path / "m.npy", "--names", tmp_path / "names.txt", "--json")
-    assert json.loads(r.stdout)[0] == {
-        "speaker": "carol",
-        "created": True,
-        "added": 2,
-        "skipped": [],
-        "utterances": 2,
-    }
+    got = json.loads(r.stdout)[0]
+    assert (got["speaker"], got["created"], got["added"], got["utterances"]) == (
+        "carol",
+        True,
+        2,
+        2,
+    )
     (tmp_path / "short.txt").write_text("dave\n")
     _one_line_error(
         cli("import-embeddings", tmp_path / "m.npy", "--names", tmp_path / "short.txt"),
@@ -189,3 +193,36 @@ def test_registry_commands_do_not_import_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_quality_gates_refuse_short_speech_and_warn_on_clipping(cli, write_wav, voices):
+    from .conftest import speechlike
+
+    pause = np.zeros(16000 * 2, np.float32)
+    short = write_wav("short_speech.wav", np.concatenate([pause, speechlike(0.6, seed=3), pause]))
+    _one_line_error(cli("enroll", "x", voices[0], short), contains="of speech (minimum 1.00 s)")
+    assert json.loads(cli("list", "--json", model=False).stdout) == []
+    r = cli("enroll", "x", short, "--force", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["quality"][0]["speech_seconds"] < 1.0
+    loud = np.clip(speechlike(2.0, seed=4) * 8, -1, 1)
+    r = cli("enroll", "y", write_wav("clipped.wav", loud), "--json")
+    assert r.exit_code == 0
+    assert any("clipped" in w for w in json.loads(r.stdout)["warnings"])
+    noisy = speechlike(2.0, seed=5) + 0.05 * np.random.default_rng(0).standard_normal(32000)
+    r = cli("enroll", "z", write_wav("noisy.wav", noisy.astype(np.float32)))
+    assert r.exit_code == 0 and "low SNR" in r.stderr
+
+
+def test_asnorm_needs_its_own_threshold_and_cohort(cli, voices):
+    cli("enroll", "a", voices[0])
+    cli("enroll", "b", voices[1])
+    _one_line_error(cli("verify", "a", voices[0], "--asnorm"), contains="own threshold")
+    _one_line_error(cli("verify", "a", voices[0], "--asnorm", "-t", "1"), contains="at least 3")
+    cli("enroll", "c", voices[2])
+    cli("enroll", "d", voices[3])
+    r = cli("verify", "a", voices[0], "--asnorm", "-t", "2.5", "--json")
+    v = json.loads(r.stdout)
+    assert v["threshold"] == 2.5 and v["score"] > 2.5 and r.exit_code == 0
+    r = cli("identify", voices[1], "--asnorm", "-t", "2.5", "--json", "-k", "3")
+    row = json.loads(r.stdout)[0]
+    assert row["speaker"] == "b" and len(row["candidates"]) == 3

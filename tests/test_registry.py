@@ -252,7 +252,7 @@ def test_schema_is_alembic_managed_and_head_matches_code(sid):
     cfg.set_main_option("script_location", str(migrations_dir()))
     assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION
     with sqlite3.connect(sid.registry.path) as con:
-        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0001"
+        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
         assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
@@ -297,3 +297,40 @@ def test_wheel_ships_migrations(tmp_path):
         "speakerid/registry/store.py",
     ):
         assert f in names
+
+
+def test_old_database_is_upgraded_in_place_with_data_intact(tmp_path):
+    """A registry created at revision 0001 is migrated to head on open, keeping its rows."""
+    from sqlalchemy import create_engine
+
+    from speakerid.registry.database import upgrade
+    from speakerid.registry.store import to_blob
+
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade(engine, "0001")
+    vec = unit_rows(1)[0]
+    with sqlite3.connect(path) as con:
+        con.execute(
+            "insert into registry values (1, 'm', 'm', ?, 192, 0.4, 'old', 1, "
+            "'2026-01-01 00:00:00')",
+            ("a" * 64,),
+        )
+        con.execute(
+            "insert into speakers values (1, 'alice', NULL, ?, '2026-01-01 00:00:00', "
+            "'2026-01-01 00:00:00')",
+            (to_blob(vec),),
+        )
+        con.execute(
+            "insert into utterances values (1, 1, ?, 'a.wav', 2.0, NULL, '2026-01-01 00:00:00')",
+            (to_blob(vec),),
+        )
+    engine.dispose()
+    with SpeakerID(db=path) as sid:
+        assert [s.name for s in sid.list()] == ["alice"]
+        assert sid.threshold() == (0.4, "old")
+        assert sid.identify_embeddings(vec)[0].speaker == "alice"
+        sid.set_threshold(1.7, "calibrated", asnorm=True)
+        assert sid.threshold(asnorm=True) == (1.7, "calibrated")
+    with sqlite3.connect(path) as con:
+        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"

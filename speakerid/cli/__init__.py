@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from . import manage_cmd, model_cmd, registry_cmd
+from . import eval_cmd, manage_cmd, model_cmd, registry_cmd
 from .demo_cmd import demo
 from .embed_cmd import embed
 
@@ -35,6 +35,8 @@ app.command("info")(manage_cmd.info)
 app.command("threshold")(manage_cmd.threshold)
 app.add_typer(manage_cmd.index_app, name="index")
 app.command("demo")(demo)
+app.command("evaluate")(eval_cmd.evaluate)
+app.command("calibrate")(eval_cmd.calibrate)
 
 
 def main() -> None:

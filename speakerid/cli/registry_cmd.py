@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InvalidInputError
+from ..quality import MIN_SPEECH_SECONDS
 from .common import (
     DbOpt,
     DeviceOpt,
@@ -46,6 +47,13 @@ def enroll(
     files: FilesArg,
     append: Annotated[bool, typer.Option("--append", help="Add to an existing speaker.")] = False,
     meta: Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE metadata.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Enroll despite too little speech.")
+    ] = False,
+    vad: Annotated[bool, typer.Option("--vad", help="Trim silence before embedding.")] = False,
+    min_speech: Annotated[
+        float, typer.Option("--min-speech", help="Minimum net speech (s).")
+    ] = MIN_SPEECH_SECONDS,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -56,7 +64,18 @@ def enroll(
         open_service(db, model, device, json_mode=json_out) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
     ):
-        res = sid.enroll(name, files, append=append, metadata=_metadata(meta), on_progress=advance)
+        res = sid.enroll(
+            name,
+            files,
+            append=append,
+            metadata=_metadata(meta),
+            on_progress=advance,
+            force=force,
+            vad=vad,
+            min_speech=min_speech,
+        )
+    for w in res.warnings:
+        typer.echo(f"warning: {w}", err=True)
     if json_out:
         emit_json(res.to_dict())
         return
@@ -104,6 +123,10 @@ def identify(
     files: FilesArg,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Candidates to list.")] = 1,
     threshold: ThresholdOpt = None,
+    asnorm: Annotated[
+        bool,
+        typer.Option("--asnorm", help="AS-Norm scores (cohort: the registry's other speakers)."),
+    ] = False,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -114,7 +137,9 @@ def identify(
         open_service(db, model, device, json_mode=json_out) as sid,
         progress_bar("identifying", len(files), show_progress(json_out)) as advance,
     ):
-        results = sid.identify_many(files, top_k=top_k, threshold=threshold, on_progress=advance)
+        results = sid.identify_many(
+            files, top_k=top_k, threshold=threshold, on_progress=advance, asnorm=asnorm
+        )
     if json_out:
         emit_json([r.to_dict() for r in results])
     else:
@@ -131,6 +156,10 @@ def verify(
     name: Annotated[str, typer.Argument(help="Claimed speaker.")],
     file: Annotated[Path, typer.Argument(help="Audio file.")],
     threshold: ThresholdOpt = None,
+    asnorm: Annotated[
+        bool,
+        typer.Option("--asnorm", help="AS-Norm scores (cohort: the registry's other speakers)."),
+    ] = False,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -138,7 +167,7 @@ def verify(
 ) -> None:
     """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error."""
     with open_service(db, model, device, json_mode=json_out) as sid:
-        r = sid.verify(name, file, threshold=threshold)
+        r = sid.verify(name, file, threshold=threshold, asnorm=asnorm)
     if json_out:
         emit_json(r.to_dict())
     else:

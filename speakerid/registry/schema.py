@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 def utcnow() -> datetime:
@@ -43,6 +43,8 @@ class RegistryRow(Base):
     dim: Mapped[int] = mapped_column(Integer)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     threshold_source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    threshold_asnorm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold_asnorm_source: Mapped[str | None] = mapped_column(Text, nullable=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

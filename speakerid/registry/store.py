@@ -112,12 +112,17 @@ class Registry:
                 s.add(row)
             return row
 
-    def set_threshold(self, threshold: float | None, source: str | None) -> None:
+    def set_threshold(
+        self, threshold: float | None, source: str | None, asnorm: bool = False
+    ) -> None:
         with self.lock.hold(), self.Session.begin() as s:
             row = s.get(RegistryRow, 1)
             if row is None:
                 raise EmptyRegistryError("registry has no model yet: enroll speakers first")
-            row.threshold, row.threshold_source = threshold, source
+            if asnorm:
+                row.threshold_asnorm, row.threshold_asnorm_source = threshold, source
+            else:
+                row.threshold, row.threshold_source = threshold, source
 
     def generation(self) -> int:
         with self.Session() as s:

@@ -1,0 +1,298 @@
+"""Measure accuracy on the user's own data: trials → EER/minDCF/thresholds, enrollment →
+identification accuracy, optionally with AS-Norm, VAD trimming, cropping and both scoring modes.
+
+Inputs: (a) a trial list in the 3D-Speaker/VoxCeleb format ``enroll_path test_path label``
+(label ``1|0|target|nontarget``, paths relative to ``root``) or (b) a folder with one sub-folder
+per speaker, from which balanced trials are drawn reproducibly (seeded). Every file is embedded
+once per run (``EmbeddingCache``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .metrics import eer, min_dcf, threshold_at_far
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif"}
+LABELS = {"1": True, "target": True, "0": False, "nontarget": False}
+
+
+@dataclass(frozen=True)
+class Trial:
+    enroll: Path
+    test: Path
+    target: bool
+
+
+def speaker_folders(root: Path) -> dict[str, list[Path]]:
+    """``{speaker: sorted audio files}`` for each sub-folder of ``root`` that has audio."""
+    if not root.is_dir():
+        raise InvalidInputError(f"{root}: not a directory")
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if files:
+            out[d.name] = files
+    return out
+
+
+def read_trials(path: Path, root: Path | None = None) -> list[Trial]:
+    root = root or path.parent
+    trials = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read trial list ({exc.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or line.lstrip().startswith("#"):
+            continue
+        if len(parts) != 3 or parts[2].lower() not in LABELS:
+            raise InvalidInputError(
+                f"{path}:{n}: expected 'enroll_path test_path label' with label "
+                f"1|0|target|nontarget, got {line.strip()!r}"
+            )
+        trials.append(Trial(root / parts[0], root / parts[1], LABELS[parts[2].lower()]))
+    if not any(t.target for t in trials) or all(t.target for t in trials):
+        raise InvalidInputError(f"{path}: needs both target and non-target trials")
+    return trials
+
+
+def generate_trials(
+    speakers: dict[str, list[Path]], seed: int = 0, max_targets: int = 20000
+) -> list[Trial]:
+    """All same-speaker pairs (sampled down to ``max_targets``) plus as many random
+    different-speaker pairs: balanced, reproducible for a given seed."""
+    rng = random.Random(seed)
+    targets = [
+        Trial(a, b, True)
+        for files in speakers.values()
+        for a, b in itertools.combinations(files, 2)
+    ]
+    if len(targets) > max_targets:
+        targets = rng.sample(targets, max_targets)
+    names = sorted(speakers)
+    if len(names) < 2 or not targets:
+        raise InvalidInputError("need at least 2 speakers, one with 2 or more recordings")
+    seen: set[tuple[Path, Path]] = set()
+    nontargets: list[Trial] = []
+    limit = len(targets) * 20
+    while len(nontargets) < len(targets) and limit:
+        limit -= 1
+        a, b = rng.sample(names, 2)
+        pair = (rng.choice(speakers[a]), rng.choice(speakers[b]))
+        if pair not in seen:
+            seen.add(pair)
+            nontargets.append(Trial(pair[0], pair[1], False))
+    return targets + nontargets
+
+
+class EmbeddingCache:
+    """Embeds each file once per run (after optional VAD trimming / cropping)."""
+
+    def __init__(self, embedder, vad: bool = False, max_seconds: float | None = None) -> None:
+        self.embedder, self.vad, self.max_seconds = embedder, vad, max_seconds
+        self.vectors: dict[Path, np.ndarray] = {}
+        self.speech: dict[Path, float] = {}
+
+    def _clip(self, path: Path):
+        from .audio import AudioClip, load_audio
+        from .quality import measure, trim_silence
+
+        clip = load_audio(path)
+        samples = clip.samples
+        if self.vad:
+            samples = trim_silence(samples)
+        if self.max_seconds:
+            samples = samples[: int(self.max_seconds * 16000)]
+        self.speech[path] = measure(samples).speech_seconds
+        return AudioClip(
+            samples, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
+        )
+
+    def embed(
+        self,
+        paths: Sequence[Path],
+        on_progress: Callable[[int], None] | None = None,
+        chunk: int = 64,
+    ) -> None:
+        todo = [p for p in dict.fromkeys(paths) if p not in self.vectors]
+        for i in range(0, len(todo), chunk):
+            part = todo[i : i + chunk]
+            embs = self.embedder.embed_clips([self._clip(p) for p in part])
+            for p, e in zip(part, embs):
+                self.vectors[p] = e.vector
+            if on_progress:
+                on_progress(len(part))
+
+    def matrix(self, paths: Sequence[Path]) -> np.ndarray:
+        return np.stack([self.vectors[p] for p in paths])
+
+
+@dataclass
+class EvalReport:
+    model: str
+    target_trials: int
+    nontarget_trials: int
+    eer: float
+    eer_threshold: float
+    min_dcf_p01: float
+    min_dcf_p05: float
+    threshold_far_1pct: float
+    frr_at_far_1pct: float
+    threshold_far_01pct: float
+    frr_at_far_01pct: float
+    threshold: float
+    far_at_threshold: float
+    frr_at_threshold: float
+    vad: bool = False
+    max_seconds: float | None = None
+    asnorm: dict | None = None
+    identification: dict | None = None
+    scores: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("scores")
+        return d
+
+
+def verification_metrics(target: np.ndarray, nontarget: np.ndarray) -> dict:
+    rate, thr = eer(target, nontarget)
+    t1, _, frr1 = threshold_at_far(target, nontarget, 0.01)
+    t01, _, frr01 = threshold_at_far(target, nontarget, 0.001)
+    return {
+        "eer": rate,
+        "eer_threshold": thr,
+        "min_dcf_p01": min_dcf(target, nontarget, 0.01)[0],
+        "min_dcf_p05": min_dcf(target, nontarget, 0.05)[0],
+        "threshold_far_1pct": t1,
+        "frr_at_far_1pct": frr1,
+        "threshold_far_01pct": t01,
+        "frr_at_far_01pct": frr01,
+    }
+
+
+def identification(
+    cache: EmbeddingCache,
+    speakers: dict[str, list[Path]],
+    enroll_k: int,
+    threshold: float,
+    seed: int = 0,
+    impostor_fraction: float = 0.2,
+) -> dict:
+    """Closed-set top-1/top-5 (mean voiceprint and max-over-utterances scoring) for enrolled
+    speakers probed with their other recordings, and the open-set false-accept rate of
+    probes from held-out speakers at ``threshold``."""
+    names = sorted(n for n, f in speakers.items() if len(f) > enroll_k)
+    rng = random.Random(seed)
+    held = set(rng.sample(names, int(len(names) * impostor_fraction))) if len(names) > 4 else set()
+    enrolled = [n for n in names if n not in held]
+    if len(enrolled) < 2:
+        return {}
+    prints, utts, owner = [], [], []
+    for i, n in enumerate(enrolled):
+        vecs = cache.matrix(speakers[n][:enroll_k])
+        mean = vecs.mean(axis=0)
+        prints.append(mean / np.linalg.norm(mean))
+        utts.append(vecs)
+        owner.extend([i] * len(vecs))
+    prints, all_utts, owner = np.stack(prints), np.concatenate(utts), np.asarray(owner)
+    probes = [(i, p) for i, n in enumerate(enrolled) for p in speakers[n][enroll_k:]]
+    q = cache.matrix([p for _, p in probes])
+    truth = np.array([i for i, _ in probes])
+    out: dict = {
+        "enrolled_speakers": len(enrolled),
+        "enroll_utterances": enroll_k,
+        "probes": len(probes),
+    }
+    max_scores = np.full((len(q), len(enrolled)), -np.inf, dtype=np.float32)
+    s_utt = q @ all_utts.T
+    for j in range(len(enrolled)):
+        max_scores[:, j] = s_utt[:, owner == j].max(axis=1)
+    for mode, scores in (("mean", q @ prints.T), ("max", max_scores)):
+        order = np.argsort(-scores, axis=1)
+        out[f"top1_{mode}"] = float(np.mean(order[:, 0] == truth))
+        out[f"top5_{mode}"] = float(np.mean((order[:, :5] == truth[:, None]).any(axis=1)))
+        tgt = scores[np.arange(len(q)), truth]
+        non = scores[
+            np.ones_like(scores, dtype=bool) & (np.arange(len(enrolled)) != truth[:, None])
+        ]
+        out[f"eer_{mode}"] = eer(tgt, non)[0]
+    if held:
+        imp = cache.matrix([p for n in sorted(held) for p in speakers[n]])
+        best = (imp @ prints.T).max(axis=1)
+        out["impostor_speakers"] = len(held)
+        out["impostor_probes"] = len(imp)
+        out["open_set_far"] = float(np.mean(best >= threshold))
+        out["threshold"] = threshold
+    return out
+
+
+def evaluate(
+    embedder,
+    source: Path,
+    *,
+    root: Path | None = None,
+    seed: int = 0,
+    max_targets: int = 20000,
+    enroll_k: int = 3,
+    threshold: float = 0.365,
+    cohort: Sequence[Path] | None = None,
+    cohort_top_n: int = 100,
+    vad: bool = False,
+    max_seconds: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> EvalReport:
+    """Evaluate ``embedder`` on a trial list file or a speaker-per-folder directory."""
+    source = Path(source)
+    speakers = speaker_folders(source) if source.is_dir() else None
+    trials = generate_trials(speakers, seed, max_targets) if speakers else read_trials(source, root)
+    files = list(dict.fromkeys([t.enroll for t in trials] + [t.test for t in trials]))
+    if speakers:
+        files = list(dict.fromkeys(files + [p for fs in speakers.values() for p in fs]))
+    cohort = list(cohort or [])
+    if on_total:
+        on_total(len(files) + len(cohort))
+    cache = EmbeddingCache(embedder, vad=vad, max_seconds=max_seconds)
+    cache.embed(files + cohort, on_progress)
+    e = cache.matrix([t.enroll for t in trials])
+    t = cache.matrix([t.test for t in trials])
+    raw = np.einsum("ij,ij->i", e, t)
+    is_target = np.array([tr.target for tr in trials])
+    metrics = verification_metrics(raw[is_target], raw[~is_target])
+    far = float(np.mean(raw[~is_target] >= threshold))
+    frr = float(np.mean(raw[is_target] < threshold))
+    report = EvalReport(
+        embedder.name,
+        int(is_target.sum()),
+        int((~is_target).sum()),
+        threshold=threshold,
+        far_at_threshold=far,
+        frr_at_threshold=frr,
+        vad=vad,
+        max_seconds=max_seconds,
+        **metrics,
+    )
+    report.scores = {"target": raw[is_target], "nontarget": raw[~is_target]}
+    if cohort:
+        from .scoring import asnorm, cohort_stats
+
+        coh = cache.matrix(cohort)
+        norm = asnorm(raw, cohort_stats(e, coh, cohort_top_n), cohort_stats(t, coh, cohort_top_n))
+        report.asnorm = {
+            "cohort": len(coh),
+            "top_n": cohort_top_n,
+            **verification_metrics(norm[is_target], norm[~is_target]),
+        }
+    if speakers and enroll_k > 0:
+        report.identification = identification(cache, speakers, enroll_k, threshold, seed)
+    return report
