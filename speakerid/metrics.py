@@ -20,7 +20,7 @@ def det_curve(
     thresholds = np.unique(np.concatenate([target, nontarget, [np.inf]]))
     t_sorted, n_sorted = np.sort(target), np.sort(nontarget)
     p_miss = np.searchsorted(t_sorted, thresholds, side="left") / target.size
-    p_fa = 1.0 - np.searchsorted(n_sorted, thresholds, side="left") / nontarget.size
+    p_fa = (nontarget.size - np.searchsorted(n_sorted, thresholds, side="left")) / nontarget.size
     return thresholds, p_miss, p_fa
 
 
@@ -63,7 +63,7 @@ def threshold_at_far(
     The lowest such threshold accepts the most genuine trials for that false-accept budget.
     """
     thr, p_miss, p_fa = det_curve(target, nontarget)
-    ok = np.flatnonzero(p_fa <= far)
+    ok = np.flatnonzero(p_fa <= far + 1e-12)  # rates are count ratios: absorb rounding
     i = int(ok[0])  # p_fa decreases with the threshold, so the first admissible is the lowest
     t = float(thr[i]) if np.isfinite(thr[i]) else float(np.max(nontarget)) + 1e-6
     return t, float(p_fa[i]), float(p_miss[i])

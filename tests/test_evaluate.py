@@ -1,0 +1,112 @@
+"""evaluate / calibrate through the CLI on a small real-voice folder (test-asset model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import defaultdict
+
+import pytest
+from typer.testing import CliRunner
+
+from speakerid.cli import app
+from speakerid.evaluation import generate_trials, read_trials, speaker_folders
+
+from .conftest import DATASETS, TEST_MODEL
+
+runner = CliRunner()
+DEV = DATASETS / "speechocean762-dev"
+pytestmark = pytest.mark.skipif(
+    not (TEST_MODEL.is_file() and DEV.is_dir()),
+    reason="shared real-voice model/dataset not available",
+)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """8 dev speakers x 5 recordings, one sub-folder per speaker."""
+    root = tmp_path_factory.mktemp("eval") / "people"
+    by_spk = defaultdict(list)
+    with open(DEV / "manifest.csv") as f:
+        for row in csv.DictReader(f):
+            by_spk[row["speaker"]].append(DEV / row["path"])
+    for spk in sorted(by_spk)[:8]:
+        (root / spk).mkdir(parents=True)
+        for p in by_spk[spk][:5]:
+            shutil.copy(p, root / spk / p.name)
+    return root
+
+
+def _cli(*args, db):
+    return runner.invoke(app, [*map(str, args), "--db", str(db), "--model", str(TEST_MODEL)])
+
+
+def test_trial_generation_is_balanced_and_reproducible(folder):
+    speakers = speaker_folders(folder)
+    a, b = generate_trials(speakers, seed=1), generate_trials(speakers, seed=1)
+    assert a == b and a != generate_trials(speakers, seed=2)
+    targets = [t for t in a if t.target]
+    assert len(targets) == 8 * 10 and len(a) == 2 * len(targets)
+    assert all(t.enroll.parent.name == t.test.parent.name for t in targets)
+    assert all(t.enroll.parent.name != t.test.parent.name for t in a if not t.target)
+
+
+def test_evaluate_folder_json_and_plots(folder, tmp_path):
+    r = _cli(
+        "evaluate",
+        folder,
+        "--json",
+        "--plot",
+        tmp_path / "plots",
+        "--enroll-k",
+        "3",
+        "--cohort",
+        folder,
+        "--cohort-max",
+        "20",
+        db=tmp_path / "r.db",
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert (rep["target_trials"], rep["nontarget_trials"]) == (80, 80)
+    assert 0.0 <= rep["eer"] < 0.3 and rep["min_dcf_p01"] <= 1.0
+    assert rep["threshold_far_01pct"] >= rep["threshold_far_1pct"]
+    ident = rep["identification"]
+    assert ident["probes"] + ident["impostor_probes"] == 8 * 5 - ident["enrolled_speakers"] * 3
+    assert ident["top1_mean"] >= 0.7 and ident["top5_mean"] >= ident["top1_mean"]
+    assert 0.0 <= ident["open_set_far"] <= 1.0 and rep["asnorm"]["cohort"] == 20
+    assert [p.split("/")[-1] for p in rep["plots"]] == ["det.png", "scores.png"]
+    assert (tmp_path / "plots" / "det.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trial_list_and_malformed_list(folder, tmp_path):
+    spk = sorted(speaker_folders(folder).items())
+    lines = [
+        f"{spk[0][0]}/{spk[0][1][0].name} {spk[0][0]}/{spk[0][1][1].name} target",
+        f"{spk[0][0]}/{spk[0][1][0].name} {spk[1][0]}/{spk[1][1][0].name} nontarget",
+        f"{spk[1][0]}/{spk[1][1][0].name} {spk[1][0]}/{spk[1][1][2].name} 1",
+        f"{spk[2][0]}/{spk[2][1][0].name} {spk[1][0]}/{spk[1][1][2].name} 0",
+    ]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("\n".join(lines) + "\n")
+    assert [t.target for t in read_trials(trials, folder)] == [True, False, True, False]
+    r = _cli("evaluate", trials, "--root", folder, "--json", db=tmp_path / "r.db")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["target_trials"] == 2
+    trials.write_text("a.wav b.wav maybe\n")
+    r = _cli("evaluate", trials, db=tmp_path / "r.db")
+    assert r.exit_code == 2 and "expected 'enroll_path test_path label'" in r.stderr
+
+
+def test_calibrate_applies_threshold_to_registry(folder, tmp_path):
+    db = tmp_path / "cal.db"
+    r = _cli("calibrate", folder, "--target-far", "0.05", "--apply", "--json", db=db)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["applied"] and out["far"] <= 0.05 and -1 <= out["threshold"] <= 1
+    shown = json.loads(runner.invoke(app, ["threshold", "--json", "--db", str(db)]).stdout)
+    assert shown["threshold"] == out["threshold"]
+    assert shown["source"].startswith("calibrate ") and "FAR" in shown["source"]
+    r = _cli("calibrate", folder, "--asnorm", db=db)
+    assert r.exit_code == 2 and "--cohort" in r.stderr
