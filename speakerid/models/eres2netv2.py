@@ -126,11 +126,29 @@ class Block(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def statistics_pooling(x: torch.Tensor) -> torch.Tensor:
-    """TSTP: per-channel-and-frequency mean and std over time (unbiased variance + 1e-8)."""
-    mean = x.mean(dim=-1).flatten(start_dim=1)
-    std = torch.sqrt(torch.var(x, dim=-1) + 1e-8).flatten(start_dim=1)
-    return torch.cat((mean, std), dim=1)
+def statistics_pooling(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """TSTP: per-channel-and-frequency mean and std over time (unbiased variance + 1e-8).
+
+    With ``lengths`` (valid frames per item), padded frames are excluded exactly.
+    """
+    if lengths is None:
+        mean = x.mean(dim=-1).flatten(start_dim=1)
+        std = torch.sqrt(torch.var(x, dim=-1) + 1e-8).flatten(start_dim=1)
+        return torch.cat((mean, std), dim=1)
+    mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+    mask = mask[:, None, None, :]
+    n = lengths.to(x.dtype)[:, None, None]
+    mean = (x * mask).sum(dim=-1) / n
+    var = (((x - mean.unsqueeze(-1)) * mask) ** 2).sum(dim=-1) / (n - 1)
+    return torch.cat((mean.flatten(start_dim=1), torch.sqrt(var + 1e-8).flatten(start_dim=1)), 1)
+
+
+def _valid_lengths(lengths: torch.Tensor, padded: int, current: int) -> torch.Tensor:
+    """Valid frames at a resolution reached by repeated stride-2 halving (ceil each time)."""
+    factor, size = 1, padded
+    while size > current:
+        size, factor = -(-size // 2), factor * 2
+    return -(-lengths // factor)
 
 
 class ERes2NetV2(nn.Module):
@@ -155,6 +173,21 @@ class ERes2NetV2(nn.Module):
         if c.two_emb_layer:
             self.seg_bn_1 = nn.BatchNorm1d(c.embedding_size, affine=False)
             self.seg_2 = nn.Linear(c.embedding_size, c.embedding_size)
+        # Exact padded batching: only 3x3 convolutions mix frames in time, so zeroing the padded
+        # frames before each of them reproduces the zero padding an unpadded input would see.
+        self._lengths: torch.Tensor | None = None
+        self._padded = 0
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
+                module.register_forward_pre_hook(self._mask_padding)
+
+    def _mask_padding(self, _module: nn.Module, args: tuple) -> tuple | None:
+        if self._lengths is None:
+            return None
+        x = args[0]
+        valid = _valid_lengths(self._lengths, self._padded, x.shape[-1])
+        mask = torch.arange(x.shape[-1], device=x.device)[None, :] < valid[:, None]
+        return (x * mask[:, None, None, :].to(x.dtype),)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, fuse: bool) -> nn.Sequential:
         c = self.config
@@ -166,13 +199,21 @@ class ERes2NetV2(nn.Module):
             self._in_planes = planes * c.expansion
         return nn.Sequential(*layers)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of ``[B, T, F]`` features; ``lengths`` gives valid frames of padded items."""
         x = feats.transpose(1, 2).unsqueeze(1)  # [B, T, F] -> [B, 1, F, T]
-        x = F.relu(self.bn1(self.conv1(x)))
-        out3 = self.layer3(self.layer2(self.layer1(x)))
-        out4 = self.layer4(out3)
-        fused = self.fuse34(out4, self.layer3_ds(out3))
-        emb = self.seg_1(statistics_pooling(fused))
+        self._lengths, self._padded = lengths, feats.shape[1]
+        try:
+            x = F.relu(self.bn1(self.conv1(x)))
+            out3 = self.layer3(self.layer2(self.layer1(x)))
+            out4 = self.layer4(out3)
+            fused = self.fuse34(out4, self.layer3_ds(out3))
+        finally:
+            self._lengths = None
+        pooled_lengths = None
+        if lengths is not None:
+            pooled_lengths = _valid_lengths(lengths, feats.shape[1], fused.shape[-1])
+        emb = self.seg_1(statistics_pooling(fused, pooled_lengths))
         if self.config.two_emb_layer:
             emb = self.seg_2(self.seg_bn_1(F.relu(emb)))
         return emb
