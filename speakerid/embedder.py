@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,24 +137,37 @@ class Embedder:
         flush()
         return out
 
-    def embed_clips(
-        self, clips: Sequence[AudioClip], batch_size: int | None = None
-    ) -> list[Embedding]:
-        """Embeddings of decoded clips, in input order."""
+    def _features(self, clips: Sequence[AudioClip]) -> tuple[list[torch.Tensor], np.ndarray]:
+        """fbank of every segment of every clip, and which clip each segment belongs to."""
         pieces: list[torch.Tensor] = []
         owner: list[int] = []
         for i, clip in enumerate(clips):
             for seg in segments(clip.samples):
                 pieces.append(fbank(seg))
                 owner.append(i)
+        return pieces, np.asarray(owner)
+
+    def _finish(
+        self,
+        clips: Sequence[AudioClip],
+        pieces: list[torch.Tensor],
+        owner: np.ndarray,
+        batch_size: int | None,
+    ) -> list[Embedding]:
         raw = normalize(self.embed_features(pieces, batch_size))
         results = []
-        owner_arr = np.asarray(owner)
         for i, clip in enumerate(clips):
-            vec = raw[owner_arr == i]
+            vec = raw[owner == i]
             vec = vec[0] if len(vec) == 1 else normalize(vec.mean(axis=0))
             results.append(Embedding(vec, self.name, clip.source, clip.duration, clip.sha256))
         return results
+
+    def embed_clips(
+        self, clips: Sequence[AudioClip], batch_size: int | None = None
+    ) -> list[Embedding]:
+        """Embeddings of decoded clips, in input order."""
+        pieces, owner = self._features(clips)
+        return self._finish(clips, pieces, owner, batch_size)
 
     def embed(self, audio: AudioSource | AudioClip) -> Embedding:
         """Embedding of one file, bytes object or decoded clip."""
@@ -167,20 +181,26 @@ class Embedder:
         chunk: int = 64,
         on_progress: Callable[[int], None] | None = None,
     ) -> list[Embedding]:
-        """Embeddings of many inputs in order; decodes ``chunk`` files at a time to bound memory."""
+        """Embeddings of many inputs in order.
+
+        Works in chunks of ``chunk`` files (bounded memory); a background thread decodes and
+        computes features of the next chunk while the network runs on the current one.
+        """
+        items = list(sources)
+        chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+
+        def prepare(part: list):
+            clips = [s if isinstance(s, AudioClip) else load_audio(s) for s in part]
+            return (clips, *self._features(clips))
+
         results: list[Embedding] = []
-        pending: list[AudioClip] = []
-
-        def flush() -> None:
-            results.extend(self.embed_clips(pending, batch_size))
-            if on_progress:
-                on_progress(len(pending))
-            pending.clear()
-
-        for src in sources:
-            pending.append(src if isinstance(src, AudioClip) else load_audio(src))
-            if len(pending) >= chunk:
-                flush()
-        if pending:
-            flush()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(prepare, chunks[0]) if chunks else None
+            for k in range(len(chunks)):
+                clips, pieces, owner = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(prepare, chunks[k + 1])
+                results.extend(self._finish(clips, pieces, owner, batch_size))
+                if on_progress:
+                    on_progress(len(clips))
         return results
