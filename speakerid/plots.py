@@ -35,7 +35,11 @@ def write_plots(
     fig, ax = plt.subplots(figsize=(5, 5))
     for label, (target, nontarget) in curves.items():
         _, p_miss, p_fa = det_curve(target, nontarget)
-        ax.plot(probit(p_fa), probit(p_miss), label=label)
+        keep = (p_miss > 0) & (p_miss < 1) & (p_fa > 0) & (p_fa < 1)  # finite on probit axes
+        ax.plot(probit(p_fa[keep]), probit(p_miss[keep]), label=label)
+    lo, hi = probit([5e-4, 0.6])
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
     ax.set_xticks(probit(ticks), [f"{100 * t:g}" for t in ticks])
     ax.set_yticks(probit(ticks), [f"{100 * t:g}" for t in ticks])
     ax.set_xlabel("false accept rate (%)")

@@ -172,6 +172,8 @@ def evaluate(
         from ..plots import write_plots
 
         curves = {"raw cosine": (rep.scores["target"], rep.scores["nontarget"])}
+        if rep.asnorm:
+            curves["AS-Norm"] = (rep.scores["asnorm_target"], rep.scores["asnorm_nontarget"])
         data["plots"] = [str(p) for p in write_plots(plot, curves, rep.threshold)]
     if json_out:
         emit_json(data)
