@@ -22,6 +22,8 @@ CLIP_LEVEL = 0.999
 
 #: Enrollment refuses recordings with less net speech than this (seconds); see docs/accuracy.md.
 MIN_SPEECH_SECONDS = 1.0
+#: Enrollment warns below this much speech (EER doubles from whole utterances to 2 s).
+WARN_SPEECH_SECONDS = 2.0
 #: Enrollment warns above this clipping ratio and below this SNR.
 MAX_CLIPPING = 0.01
 MIN_SNR_DB = 15.0
@@ -41,6 +43,11 @@ class Quality:
         self, max_clipping: float = MAX_CLIPPING, min_snr_db: float = MIN_SNR_DB
     ) -> list[str]:
         out = []
+        if self.speech_seconds < WARN_SPEECH_SECONDS:
+            out.append(
+                f"short speech ({self.speech_seconds:.1f} s < {WARN_SPEECH_SECONDS:.0f} s):"
+                " expect lower accuracy"
+            )
         if self.clipping > max_clipping:
             out.append(f"{100 * self.clipping:.1f}% of samples are clipped")
         if self.snr_db < min_snr_db:

@@ -44,7 +44,7 @@ def test_enroll_identify_verify_compare_json_contracts(cli, voices):
         "skipped": [],
         "utterances": 2,
     }
-    assert out["warnings"] == []
+    assert all("short speech" in w for w in out["warnings"])  # 1.5 s test clips
     assert [q["file"] for q in out["quality"]] == [str(voices[0]), str(voices[1])]
     assert out["quality"][0]["duration"] == 1.5 and out["quality"][0]["speech_seconds"] > 1.0
     assert cli("enroll", "bob", voices[2], "--json").exit_code == 0
@@ -204,7 +204,7 @@ def test_quality_gates_refuse_short_speech_and_warn_on_clipping(cli, write_wav, 
     assert json.loads(cli("list", "--json", model=False).stdout) == []
     r = cli("enroll", "x", short, "--force", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["quality"][0]["speech_seconds"] < 1.0
-    loud = np.clip(speechlike(2.0, seed=4) * 8, -1, 1)
+    loud = np.clip(speechlike(3.0, seed=4) * 8, -1, 1)
     r = cli("enroll", "y", write_wav("clipped.wav", loud), "--json")
     assert r.exit_code == 0
     assert any("clipped" in w for w in json.loads(r.stdout)["warnings"])

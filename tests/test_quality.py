@@ -26,7 +26,7 @@ def test_clean_speech_has_high_snr_and_no_clipping():
 
 
 def test_clipping_ratio():
-    x = np.clip(speechlike(2.0, seed=2) * 10, -1, 1)
+    x = np.clip(speechlike(3.0, seed=2) * 10, -1, 1)
     q = measure(x)
     assert q.clipping > 0.05
     assert any("clipped" in w for w in q.warnings())
@@ -37,6 +37,7 @@ def test_noise_lowers_snr():
     clean = speechlike(3.0, seed=3)
     noisy = clean + 0.05 * rng.standard_normal(len(clean)).astype(np.float32)
     assert measure(noisy).snr_db < measure(clean).snr_db - 10
+    assert any("short speech" in w for w in measure(speechlike(1.5)).warnings())
     assert any("low SNR" in w for w in measure(noisy).warnings())
 
 
