@@ -81,12 +81,15 @@ def worker(args) -> None:
     seconds = sum(len(f) - 44 for f in files) / 32000 if args.data == "synthetic" else None
     emb = Embedder(args.model_path, device=args.device)
     if args.path == "reference":
-        run = lambda: reference_loop(emb.model, files, emb.device)  # noqa: E731
+        from speakerid.weights import load_model
+
+        plain = load_model(Path(args.model_path)).to(emb.device)  # official layout, contiguous
+        run = lambda: reference_loop(plain, files, emb.device)  # noqa: E731
     else:
         run = lambda: np.stack([e.vector for e in emb.embed_many(files)])  # noqa: E731
     run_warm = files[:2]
     if args.path == "reference":
-        reference_loop(emb.model, run_warm, emb.device)
+        reference_loop(plain, run_warm, emb.device)
     else:
         emb.embed_many(run_warm)
     if args.device.startswith("cuda"):

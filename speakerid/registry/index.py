@@ -33,6 +33,13 @@ HNSW_EF_CONSTRUCTION = 100
 #: 0.86/0.97/0.998; M=48 -> 0.94/0.994/1.0 (see docs/performance.md). M=48, ef 1024 is the
 #: cheapest setting above 0.99.
 HNSW_EF_SEARCH = 1024
+#: Below this many entries ef 512 already gives recall@1 1.0 (100k: 0.5 vs 1.0 ms per query).
+HNSW_SMALL = 500_000
+HNSW_EF_SEARCH_SMALL = 512
+
+
+def ef_search(ntotal: int) -> int:
+    return HNSW_EF_SEARCH_SMALL if ntotal < HNSW_SMALL else HNSW_EF_SEARCH
 
 
 def choose_kind(count: int, requested: str = "auto") -> str:
@@ -63,7 +70,7 @@ class VectorIndex:
         else:
             hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-            hnsw.hnsw.efSearch = HNSW_EF_SEARCH
+            hnsw.hnsw.efSearch = ef_search(len(ids))
             index = faiss.IndexIDMap(hnsw)
         vi = cls(index, kind, dim, generation)
         vi.add(ids, vectors)
@@ -148,7 +155,7 @@ class VectorIndex:
             if index.ntotal != header["ntotal"] or index.d != header["dim"]:
                 raise ValueError("header does not match index")
             if header["kind"] == "hnsw":
-                faiss.downcast_index(index.index).hnsw.efSearch = HNSW_EF_SEARCH
+                faiss.downcast_index(index.index).hnsw.efSearch = ef_search(index.ntotal)
         except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
             raise RegistryCorruptError(f"{path}: unreadable index ({exc})") from None
         return cls(index, header["kind"], header["dim"], header["generation"], header["stale"])
