@@ -288,6 +288,7 @@ def evaluate(
 
         coh = cache.matrix(cohort)
         norm = asnorm(raw, cohort_stats(e, coh, cohort_top_n), cohort_stats(t, coh, cohort_top_n))
+        report.scores.update(asnorm_target=norm[is_target], asnorm_nontarget=norm[~is_target])
         report.asnorm = {
             "cohort": len(coh),
             "top_n": cohort_top_n,

@@ -110,3 +110,20 @@ def test_calibrate_applies_threshold_to_registry(folder, tmp_path):
     assert shown["source"].startswith("calibrate ") and "FAR" in shown["source"]
     r = _cli("calibrate", folder, "--asnorm", db=db)
     assert r.exit_code == 2 and "--cohort" in r.stderr
+    r = _cli(
+        "calibrate",
+        folder,
+        "--asnorm",
+        "--cohort",
+        folder,
+        "--cohort-max",
+        "20",
+        "--apply",
+        "--json",
+        db=db,
+    )
+    assert r.exit_code == 0, r.output
+    z = json.loads(r.stdout)
+    assert z["asnorm"] and z["threshold"] > 0  # a z-score, not a cosine
+    shown = json.loads(runner.invoke(app, ["threshold", "--json", "--db", str(db)]).stdout)
+    assert shown["threshold"] == out["threshold"]  # the cosine threshold is unchanged
