@@ -345,7 +345,7 @@ class SpeakerID:
         t, _ = self.threshold(threshold, asnorm)
         voiceprint = self.registry.voiceprint(name)  # unknown speaker fails before embedding
         emb = self._embed([audio])[0]
-        score = float(voiceprint @ emb.vector)
+        score = _cosine(voiceprint, emb.vector)
         if asnorm:
             from .scoring import DEFAULT_TOP_N, cohort_stats
             from .scoring import asnorm as normalize
@@ -365,7 +365,7 @@ class SpeakerID:
         """Same speaker in two recordings? (No registry entries involved.)"""
         t, _ = self.threshold(threshold)
         ea, eb = self._embed([a, b])
-        score = float(ea.vector @ eb.vector)
+        score = _cosine(ea.vector, eb.vector)
         return CompareResult(ea.source, eb.source, score, t, score >= t)
 
     def _require_speakers(self) -> None:
@@ -445,3 +445,8 @@ class SpeakerID:
 
     def check_index(self) -> IndexReport:
         return self.registry.check_index()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of unit vectors, clipped to [-1, 1] against float rounding."""
+    return min(1.0, max(-1.0, float(a @ b)))

@@ -69,7 +69,7 @@ def test_enroll_identify_verify_compare_json_contracts(cli, voices):
     v = json.loads(r.stdout)
     assert set(v) == {"speaker", "file", "score", "threshold", "accepted"}
     assert v["speaker"] == "bob" and v["accepted"] is True and v["threshold"] == 0.365
-    r = cli("verify", "bob", voices[2], "--threshold", "1")
+    r = cli("verify", "bob", voices[3], "--threshold", "1")  # another file: score < 1
     assert r.exit_code == 1 and r.stdout.startswith("rejected:")
 
     r = cli("compare", voices[0], voices[0], "--json")
