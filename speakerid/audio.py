@@ -41,6 +41,7 @@ MIN_SECONDS = 0.5
 SILENCE_PEAK = 1e-4
 
 AudioSource = Union[str, os.PathLike, bytes]
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif"}
 
 
 @dataclass(frozen=True)
@@ -141,3 +142,17 @@ def load_audio(source: AudioSource, min_seconds: float = MIN_SECONDS) -> AudioCl
     digest = hashlib.sha256(data).hexdigest()
     log.debug("loaded %s: %d Hz x%d -> %.2f s", name, rate, channels, len(mono) / SAMPLE_RATE)
     return AudioClip(np.ascontiguousarray(mono, dtype=np.float32), name, rate, channels, digest)
+
+
+def speaker_folders(root: Path) -> dict[str, list[Path]]:
+    """``{speaker: sorted audio files}`` for each sub-folder of ``root`` that holds audio."""
+    from .errors import InvalidInputError
+
+    if not root.is_dir():
+        raise InvalidInputError(f"{root}: not a directory")
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if files:
+            out[d.name] = files
+    return out

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio import speaker_folders
 from .errors import InvalidInputError
 from .metrics import eer, min_dcf, threshold_at_far
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif"}
 LABELS = {"1": True, "target": True, "0": False, "nontarget": False}
 
 
@@ -29,18 +29,6 @@ class Trial:
     enroll: Path
     test: Path
     target: bool
-
-
-def speaker_folders(root: Path) -> dict[str, list[Path]]:
-    """``{speaker: sorted audio files}`` for each sub-folder of ``root`` that has audio."""
-    if not root.is_dir():
-        raise InvalidInputError(f"{root}: not a directory")
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-        if files:
-            out[d.name] = files
-    return out
 
 
 def read_trials(path: Path, root: Path | None = None) -> list[Trial]:

@@ -40,7 +40,6 @@ from .results import (
 
 log = logging.getLogger("speakerid")
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif"}
 Progress = Callable[[int], None]
 
 
@@ -208,19 +207,12 @@ class SpeakerID:
         on_progress: Progress | None = None,
     ) -> tuple[list[EnrollResult], list[str]]:
         """Enroll every sub-folder of ``directory`` as one speaker, in one transaction."""
+        from .audio import load_audio, speaker_folders
+
         root = Path(directory)
-        if not root.is_dir():
-            raise InvalidInputError(f"{root}: not a directory")
-        plan = {
-            d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-            for d in sorted(root.iterdir())
-            if d.is_dir()
-        }
-        plan = {k: v for k, v in plan.items() if v}
+        plan = speaker_folders(root)
         if not plan:
             raise InvalidInputError(f"{root}: no speaker sub-folders with audio files")
-        from .audio import load_audio
-
         errors: list[str] = []
         items = []
         for name, files in plan.items():

@@ -40,8 +40,8 @@ def _cohort_files(folder: Path | None, limit: int, seed: int) -> list[Path]:
         return []
     import random
 
+    from ..audio import AUDIO_EXTENSIONS
     from ..errors import InvalidInputError
-    from ..evaluation import AUDIO_EXTENSIONS
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if len(files) < 2:
