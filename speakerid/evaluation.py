@@ -88,11 +88,10 @@ class EmbeddingCache:
     def __init__(self, embedder, vad: bool = False, max_seconds: float | None = None) -> None:
         self.embedder, self.vad, self.max_seconds = embedder, vad, max_seconds
         self.vectors: dict[Path, np.ndarray] = {}
-        self.speech: dict[Path, float] = {}
 
     def _clip(self, path: Path):
         from .audio import AudioClip, load_audio
-        from .quality import measure, trim_silence
+        from .quality import trim_silence
 
         clip = load_audio(path)
         samples = clip.samples
@@ -100,7 +99,6 @@ class EmbeddingCache:
             samples = trim_silence(samples)
         if self.max_seconds:
             samples = samples[: int(self.max_seconds * 16000)]
-        self.speech[path] = measure(samples).speech_seconds
         return AudioClip(
             samples, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
         )

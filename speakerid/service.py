@@ -26,6 +26,7 @@ from .errors import (
     SpeakerExistsError,
 )
 from .quality import MIN_SPEECH_SECONDS
+from .registry.index import VectorIndex
 from .registry.store import NewUtterance, Registry, check_name
 from .results import (
     Candidate,
@@ -418,7 +419,7 @@ class SpeakerID:
         b = self.registry.binding()
         speakers, utterances = self.registry.counts()
         t, source = self.threshold()
-        idx = self.registry._try_load() if b else None
+        header = VectorIndex.read_header(self.registry.index_path) if b else None
         return RegistryInfo(
             str(self.registry.path),
             b.model_name if b else None,
@@ -428,7 +429,7 @@ class SpeakerID:
             utterances,
             t,
             source,
-            idx.kind if idx else None,
+            header["kind"] if header else None,
             self.registry.generation(),
         )
 

@@ -39,6 +39,11 @@ ThresholdOpt = Annotated[
     typer.Option("--threshold", "-t", help="Cosine threshold (default: registry/env/0.365)."),
 ]
 
+AsnormOpt = Annotated[
+    bool,
+    typer.Option("--asnorm", help="AS-Norm scores (cohort: the registry's other speakers)."),
+]
+
 
 def open_service(
     db: Path | None,

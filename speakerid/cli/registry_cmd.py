@@ -14,6 +14,7 @@ import typer
 from ..errors import InvalidInputError
 from ..quality import MIN_SPEECH_SECONDS
 from .common import (
+    AsnormOpt,
     DbOpt,
     DeviceOpt,
     JsonOpt,
@@ -123,10 +124,7 @@ def identify(
     files: FilesArg,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Candidates to list.")] = 1,
     threshold: ThresholdOpt = None,
-    asnorm: Annotated[
-        bool,
-        typer.Option("--asnorm", help="AS-Norm scores (cohort: the registry's other speakers)."),
-    ] = False,
+    asnorm: AsnormOpt = False,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -156,10 +154,7 @@ def verify(
     name: Annotated[str, typer.Argument(help="Claimed speaker.")],
     file: Annotated[Path, typer.Argument(help="Audio file.")],
     threshold: ThresholdOpt = None,
-    asnorm: Annotated[
-        bool,
-        typer.Option("--asnorm", help="AS-Norm scores (cohort: the registry's other speakers)."),
-    ] = False,
+    asnorm: AsnormOpt = False,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,

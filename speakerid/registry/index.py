@@ -142,6 +142,17 @@ class VectorIndex:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
+    @staticmethod
+    def read_header(path: Path) -> dict | None:
+        """The JSON header of an index file (kind, generation, ...) without loading the index."""
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    return None
+                return json.loads(f.readline())
+        except (OSError, ValueError):
+            return None
+
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
         """Load an index file; raises ``RegistryCorruptError`` for anything unreadable."""
