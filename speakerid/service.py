@@ -101,6 +101,17 @@ class SpeakerID:
                 e.sha256,
                 e.dim,
             )
+            self._adopt_card_threshold(e.name)
+
+    def _adopt_card_threshold(self, model_name: str) -> None:
+        """A bundled model's scores live on its own scale: start from its card's threshold."""
+        from . import weights
+
+        card = weights.model_card(model_name)
+        if "recommended_threshold" in card:
+            self.registry.set_threshold(
+                float(card["recommended_threshold"]), f"model card ({model_name})", False
+            )
 
     def threshold(self, override: float | None = None, asnorm: bool = False) -> tuple[float, str]:
         """Effective threshold and its origin: call > constructor > env > registry > default.
@@ -255,6 +266,7 @@ class SpeakerID:
             )
             ref = str(resolved.path) if Path(str(self._model or "")).is_file() else resolved.name
             self.registry.bind(resolved.name, ref, resolved.sha256, int(vectors.shape[1]))
+            self._adopt_card_threshold(resolved.name)
         groups: dict[str, list[NewUtterance]] = {}
         for i, name in enumerate(names):
             src = sources[i] if sources else None

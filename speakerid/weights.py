@@ -87,11 +87,34 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 }
 
 
+#: Models shipped inside the package (``speakerid/assets``): usable offline, no download.
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+BUNDLED_MODELS: dict[str, str] = {"demo": "demo-eres2netv2-m16.pt"}
+
+
+def bundled_path(name: str) -> Path | None:
+    """The packaged file of a bundled model, if this installation has it."""
+    file = BUNDLED_MODELS.get(name)
+    path = ASSETS_DIR / file if file else None
+    return path if path is not None and path.is_file() else None
+
+
+def model_card(name: str) -> dict:
+    """A bundled model's card (``<file>.json`` next to it): metrics, recommended threshold."""
+    import json
+
+    path = bundled_path(name)
+    card = path.with_suffix(".json") if path else None
+    if card is None or not card.is_file():
+        return {}
+    return json.loads(card.read_text(encoding="utf-8"))
+
+
 def get_known(name: str) -> KnownModel:
     try:
         return KNOWN_MODELS[name]
     except KeyError:
-        names = ", ".join(sorted(KNOWN_MODELS))
+        names = ", ".join(sorted(set(KNOWN_MODELS) | set(BUNDLED_MODELS)))
         raise UnknownModelError(
             f"unknown model {name!r}: use one of {names}, an installed name, or a checkpoint path"
         ) from None
@@ -263,6 +286,9 @@ def resolve(name_or_path: str | os.PathLike, progress: Progress | None = None) -
     as_path = Path(text).expanduser()
     if as_path.is_file():
         return ResolvedModel(as_path.stem, as_path.resolve(), sha256_file(as_path))
+    bundled = bundled_path(text)
+    if bundled is not None:
+        return ResolvedModel(text, bundled, sha256_file(bundled))
     if text in KNOWN_MODELS:
         path = installed_path(text) or download(text, progress=progress)
         return ResolvedModel(text, path, sha256_file(path))

@@ -10,6 +10,7 @@ import typer
 from . import eval_cmd, manage_cmd, model_cmd, registry_cmd
 from .demo_cmd import demo
 from .embed_cmd import embed
+from .train_cmd import train
 
 app = typer.Typer(
     name="speakerid",
@@ -37,6 +38,7 @@ app.add_typer(manage_cmd.index_app, name="index")
 app.command("demo")(demo)
 app.command("evaluate")(eval_cmd.evaluate)
 app.command("calibrate")(eval_cmd.calibrate)
+app.command("train")(train)
 
 
 def main() -> None:

@@ -3,92 +3,133 @@
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import weights
-from ..errors import ModelError, SpeakerIDError
+from ..errors import InvalidInputError, ModelError
 from .common import DeviceOpt, handle_errors, open_service
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DEV = ROOT.parent / "shared" / "datasets" / "speechocean762-dev"
-SHARED_MODEL = ROOT.parent / "shared" / "models" / "eres2netv2-m32-so762.pt"
+CLIPS = ROOT / "data" / "clips"
 
 
 def _pick_model(requested: str | None) -> tuple[str, str]:
-    """The official model if it can be had, else the shared real-voice test asset."""
+    """The official model if installed or downloadable, else the bundled demo model."""
     if requested:
         return requested, "as requested"
     if weights.installed_path("eres2netv2"):
         return "eres2netv2", "official ERes2NetV2 (installed)"
-    try:
-        weights.download("eres2netv2")
-        return "eres2netv2", "official ERes2NetV2 (downloaded)"
-    except ModelError as exc:
-        if SHARED_MODEL.is_file():
-            return str(SHARED_MODEL), (
-                "TEST ASSET eres2netv2-m32-so762 (../shared/models), because the official "
-                f"model is not available offline: {exc}"
-            )
-        raise
+    reason = "offline mode (SPEAKERID_OFFLINE)"
+    if os.environ.get(weights.ENV_OFFLINE, "") in {"", "0"}:
+        try:
+            weights.download("eres2netv2")
+            return "eres2netv2", "official ERes2NetV2 (downloaded)"
+        except ModelError as exc:
+            reason = str(exc)
+    if weights.bundled_path("demo") is None:
+        raise InvalidInputError(f"no model available: {reason}")
+    card = weights.model_card("demo")
+    return "demo", (
+        f"BUNDLED DEMO MODEL 'demo' ({card.get('summary', 'small ERes2NetV2')}), because the "
+        f"official model is not available: {reason}. "
+        "Install it with: speakerid model download eres2netv2"
+    )
 
 
-def _speakers(data: Path, count: int) -> dict[str, list[Path]]:
-    by_spk: dict[str, list[Path]] = defaultdict(list)
+@dataclass
+class Plan:
+    """Who is enrolled from which files, and which clips are then identified."""
+
+    enroll: dict[str, list[Path]] = field(default_factory=dict)
+    probes: list[tuple[str, Path]] = field(default_factory=list)
+
+
+def _plan(data: Path, speakers: int) -> Plan:
+    """Read ``manifest.csv``; a ``role`` column (enroll/probe) is used when present."""
     manifest = data / "manifest.csv"
     if not manifest.is_file():
-        raise SpeakerIDError(f"demo data not found: {manifest} (pass --data DIR)")
-    with open(manifest, newline="") as f:
+        raise InvalidInputError(f"demo data not found: {manifest} (pass --data DIR)")
+    by_spk: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    with open(manifest, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            by_spk[row["speaker"]].append(data / row["path"])
-    return dict(list(by_spk.items())[:count])
+            by_spk[row["speaker"]].append((row.get("role") or "", data / row["path"]))
+    plan = Plan()
+    for spk, rows in by_spk.items():
+        files = [p for _, p in rows]
+        if any(role for role, _ in rows):  # roles given by the manifest
+            enroll = [p for role, p in rows if role == "enroll"]
+            probes = [p for role, p in rows if role == "probe"]
+        elif len(plan.enroll) < speakers:  # first 3 files enroll, the 6th is the probe
+            enroll, probes = files[:3], files[5:6]
+        else:  # one more speaker, never enrolled: an unknown voice
+            enroll, probes = [], files[:1]
+        if enroll and len(plan.enroll) < speakers:
+            plan.enroll[spk] = enroll
+        elif enroll:
+            continue
+        plan.probes += [(spk, p) for p in probes[:1]]
+        if len(plan.enroll) >= speakers and any(t not in plan.enroll for t, _ in plan.probes):
+            break
+    if len(plan.enroll) < 2 or not plan.probes:
+        raise InvalidInputError(f"{manifest}: the demo needs at least 2 speakers and a probe")
+    return plan
 
 
 @handle_errors
 def demo(
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
     data: Annotated[
-        Path, typer.Option("--data", help="Folder with manifest.csv (path,speaker,...).")
-    ] = SHARED_DEV,
+        Path, typer.Option("--data", help="Folder with manifest.csv (path,speaker[,role]).")
+    ] = CLIPS,
     speakers: Annotated[int, typer.Option("--speakers", help="Speakers to enroll.")] = 6,
     device: DeviceOpt = None,
 ) -> None:
     """Enroll a few real speakers, identify unknown clips, verify claims, print the results."""
     model_ref, why = _pick_model(model)
-    people = _speakers(data, speakers + 1)
-    names = list(people)
-    enrolled, stranger = names[:speakers], names[speakers]
+    plan = _plan(data, speakers)
+    names = list(plan.enroll)
     typer.echo(f"model: {why}")
     with (
         tempfile.TemporaryDirectory() as tmp,
         open_service(Path(tmp) / "demo.db", model_ref, device) as sid,
     ):
-        typer.echo(f"\n1. enroll {len(enrolled)} speakers from 3 recordings each")
-        for name in enrolled:
-            r = sid.enroll(name, people[name][:3])
-            typer.echo(f"   speakerid enroll {name} <3 files>  -> {r.utterances} utterances")
-        probes = [(n, people[n][5]) for n in enrolled] + [(stranger, people[stranger][0])]
-        typer.echo("\n2. identify unknown clips (the last speaker was never enrolled)")
+        typer.echo(f"\n1. enroll {len(names)} speakers")
+        for name, files in plan.enroll.items():
+            r = sid.enroll(name, files)
+            typer.echo(
+                f"   speakerid enroll {name} <{len(files)} files>  -> {r.utterances} utterances"
+            )
+        unknown = sum(truth not in plan.enroll for truth, _ in plan.probes)
+        typer.echo(
+            f"\n2. identify {len(plan.probes)} clips ({unknown} from a voice never enrolled)"
+        )
         t, source = sid.threshold()
-        results = sid.identify_many([p for _, p in probes], top_k=2)
+        results = sid.identify_many([p for _, p in plan.probes], top_k=2)
         correct = 0
-        for (truth, path), r in zip(probes, results):
+        for (truth, path), r in zip(plan.probes, results):
             answer = r.speaker or "unknown"
-            expected = truth if truth in enrolled else "unknown"
+            expected = truth if truth in plan.enroll else "unknown"
             correct += answer == expected
             typer.echo(
                 f"   {path.name}: {answer:<8} score {r.score:.3f}  "
                 f"(truth: {expected}) {'OK' if answer == expected else 'MISS'}"
             )
-        typer.echo(f"   {correct}/{len(probes)} correct at threshold {t} ({source})")
+        typer.echo(f"   {correct}/{len(plan.probes)} correct at threshold {t:.3f} ({source})")
         typer.echo("\n3. verify claims")
-        claim_true = sid.verify(enrolled[0], people[enrolled[0]][6])
-        claim_false = sid.verify(enrolled[0], people[enrolled[1]][6])
-        for label, v in (("genuine", claim_true), ("impostor", claim_false)):
+        probe_of = {truth: p for truth, p in plan.probes}
+        claims = [("genuine", names[0], probe_of.get(names[0]))]
+        claims.append(("impostor", names[0], probe_of.get(names[1])))
+        for label, claimed, path in claims:
+            if path is None:
+                continue
+            v = sid.verify(claimed, path)
             typer.echo(
                 f"   {label}: is {Path(v.file).name} {v.speaker}? "
                 f"{'accepted' if v.accepted else 'rejected'} (score {v.score:.3f})"

@@ -38,6 +38,21 @@ def list_models(json_out: JsonOpt = False) -> None:
                 "description": known.description if known else "custom checkpoint",
             }
         )
+    for name in sorted(weights.BUNDLED_MODELS):
+        path = weights.bundled_path(name)
+        if path is not None:
+            card = weights.model_card(name)
+            rows.append(
+                {
+                    "name": name,
+                    "installed": True,
+                    "path": str(path),
+                    "model_id": None,
+                    "revision": None,
+                    "sha256": card.get("sha256"),
+                    "description": f"bundled: {card.get('summary', 'demo model')}",
+                }
+            )
     if json_out:
         emit_json(rows)
         return

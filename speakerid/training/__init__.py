@@ -1,0 +1,1 @@
+"""Training and fine-tuning of ERes2NetV2 speaker embedders (``speakerid train``)."""
