@@ -77,3 +77,50 @@ def test_padded_batches_equal_unpadded_inference():
         unmasked = model(batch)  # what plain zero-padding would give
     assert float((alone - padded).abs().max()) < 1e-5
     assert float((alone[:-1] - unmasked[:-1]).abs().max()) > 1e-3  # masking is what matters
+
+
+def _randomised_bn_model(seed: int = 0):
+    import torch
+
+    from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+
+    torch.manual_seed(seed)
+    model = ERes2NetV2(ERes2NetV2Config(m_channels=8, embedding_size=32)).eval()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_cpu_inference_rewrites_keep_the_numbers():
+    """Folded BatchNorm + oneDNN 1x1 convolutions give the same embeddings, padded or not."""
+    import copy
+
+    import torch
+
+    from speakerid.models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
+
+    ref = _randomised_bn_model()
+    fast = fold_batchnorm(copy.deepcopy(ref)).to(memory_format=torch.channels_last)
+    assert use_onednn_pointwise(fast) == sum(
+        1 for m in ref.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
+    )
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.randn(3, 230, 80)
+    lengths = torch.tensor([230, 170, 95])
+    with torch.inference_mode():
+        a, b = ref(x, lengths), fast(x, lengths)
+        single = fast(x[2:, :95])
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.999999
+    assert torch.allclose(single[0], b[2], atol=1e-4)
+
+
+def test_fold_batchnorm_refuses_training_mode():
+    from speakerid.models.eres2netv2 import fold_batchnorm
+
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(_randomised_bn_model().train())

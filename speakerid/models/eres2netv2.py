@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -217,6 +218,78 @@ class ERes2NetV2(nn.Module):
         if self.config.two_emb_layer:
             emb = self.seg_2(self.seg_bn_1(F.relu(emb)))
         return emb
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an eval-mode BatchNorm into the preceding convolution, in place (hooks survive)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    conv.weight = weight
+    conv.bias = bias
+
+
+@torch.no_grad()
+def fold_batchnorm(model: ERes2NetV2) -> ERes2NetV2:
+    """Inference-only: merge every BatchNorm2d into its convolution (fewer memory passes).
+
+    The state dict of the result no longer has the official layout, so this is applied to a
+    loaded model inside the embedder, never before saving. Results equal the unfolded network
+    up to float rounding.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    _fold(model.conv1, model.bn1)
+    model.bn1 = nn.Identity()
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            _fold(block.conv1, block.bn1)
+            block.bn1 = nn.Identity()
+            for i, conv in enumerate(block.convs):
+                _fold(conv, block.bns[i])
+                block.bns[i] = nn.Identity()
+            _fold(block.conv3, block.bn3)
+            block.bn3 = nn.Identity()
+            if len(block.shortcut) == 2:
+                _fold(block.shortcut[0], block.shortcut[1])
+                block.shortcut[1] = nn.Identity()
+            for aff in getattr(block, "fuse_models", []):
+                _fold_aff(aff)
+    _fold_aff(model.fuse34)
+    return model
+
+
+def _fold_aff(aff: AFF) -> None:
+    att = aff.local_att
+    _fold(att[0], att[1])
+    _fold(att[3], att[4])
+    att[1], att[4] = nn.Identity(), nn.Identity()
+
+
+def _onednn_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.mkldnn_convolution(
+        x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+    )
+
+
+def use_onednn_pointwise(model: nn.Module) -> int:
+    """CPU inference: send 1x1 convolutions straight to oneDNN; returns how many.
+
+    PyTorch's CPU dispatcher runs stride-1 1x1 convolutions through its generic
+    im2col/GEMM path, which on the 2-core test machine is 2-2.6x slower per call than oneDNN
+    (bench/embed.py); ERes2NetV2 spends about half its CPU time in such convolutions. Results
+    agree with the default path to float rounding.
+    """
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")):
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+            module.forward = types.MethodType(_onednn_forward, module)
+            count += 1
+    return count
 
 
 def count_parameters(model: nn.Module) -> int:
