@@ -9,11 +9,13 @@ and report p50/p99 latency and recall@1 of speakerid's answer against the exact 
 
     python bench/search.py                 # 10k, 100k, 1M
     python bench/search.py --sizes 10000   # one size
+    python bench/search.py --index hnsw    # force an index kind (auto: flat < 100k <= pq)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -47,7 +49,7 @@ def make_model(tmp: Path) -> Path:
     return path
 
 
-def run_size(n: int, probes: int, tmp: Path, model: Path) -> dict:
+def run_size(n: int, probes: int, tmp: Path, model: Path, kind: str = "auto") -> dict:
     rng = np.random.default_rng(n)
     vecs = unit(rng.standard_normal((n, DIM)).astype(np.float32))
     np.save(tmp / "m.npy", vecs)
@@ -72,11 +74,12 @@ def run_size(n: int, probes: int, tmp: Path, model: Path) -> dict:
         check=True,
         stdout=subprocess.DEVNULL,
         cwd=ROOT,
+        env={**os.environ, "SPEAKERID_INDEX": kind},
     )
     import_s = time.perf_counter() - t0
     targets = rng.integers(0, n, probes)
     q = unit(vecs[targets] + 1.3 * unit(rng.standard_normal((probes, DIM))))
-    with SpeakerID(db=db) as sid:
+    with SpeakerID(db=db, index_kind=kind) as sid:
         t0 = time.perf_counter()
         kind = sid.registry.ensure_index().kind  # load (not rebuild: import saved it)
         load_s = time.perf_counter() - t0
@@ -112,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--probes", type=int, default=1000)
+    ap.add_argument("--index", default="auto", choices=["auto", "flat", "pq", "hnsw"])
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="speakerid-bench-"))
     try:
@@ -123,7 +127,7 @@ def main() -> None:
             flush=True,
         )
         for n in args.sizes:
-            r = run_size(n, args.probes, tmp, model)
+            r = run_size(n, args.probes, tmp, model, args.index)
             print(
                 f"{r['n']:>9} {r['kind']:>5} {r['import_s']:>9.1f} {r['load_s']:>7.2f} | "
                 f"{r['p50_ms']:>10.3f} / {r['p99_ms']:>8.3f} | "

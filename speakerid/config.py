@@ -20,6 +20,8 @@ ENV_HOME = "SPEAKERID_HOME"
 ENV_MODEL = "SPEAKERID_MODEL"
 ENV_THRESHOLD = "SPEAKERID_THRESHOLD"
 ENV_DEVICE = "SPEAKERID_DEVICE"
+ENV_INDEX = "SPEAKERID_INDEX"
+INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
 
 
 def home_dir() -> Path:
@@ -66,6 +68,16 @@ def parse_threshold(value: float | str, asnorm: bool = False) -> float:
     if not -1.0 <= t <= 1.0:
         raise InvalidInputError(f"threshold must be a cosine in [-1, 1], got {t}")
     return t
+
+
+def default_index_kind() -> str:
+    """``$SPEAKERID_INDEX`` (auto, flat, pq, hnsw); auto picks by registry size."""
+    from .errors import InvalidInputError
+
+    kind = os.environ.get(ENV_INDEX) or "auto"
+    if kind not in INDEX_KINDS:
+        raise InvalidInputError(f"${ENV_INDEX}={kind!r}: use one of {', '.join(INDEX_KINDS)}")
+    return kind
 
 
 def env_threshold() -> float | None:

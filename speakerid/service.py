@@ -53,10 +53,11 @@ class SpeakerID:
         model: str | os.PathLike | None = None,
         threshold: float | None = None,
         device: str | None = None,
-        index_kind: str = "auto",
+        index_kind: str | None = None,
         download_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
-        self.registry = Registry(Path(db) if db else config.default_db_path(), index_kind)
+        kind = index_kind or config.default_index_kind()
+        self.registry = Registry(Path(db) if db else config.default_db_path(), kind)
         self._model = str(model) if model else None
         self._threshold = None if threshold is None else config.parse_threshold(threshold)
         self._device = device

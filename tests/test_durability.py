@@ -109,7 +109,7 @@ def test_concurrent_writers_and_readers(tmp_path, tiny_ckpt):
     assert names == {"seed"} | {f"p{k}-{k * 100 + i}" for k in range(3) for i in range(15)}
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "pq", "hnsw"])
 def test_index_survives_crash_between_commit_and_save(tmp_path, tiny_ckpt, kind, monkeypatch):
     """Simulate a crash right after the database commit: the stale index is rebuilt."""
     from speakerid.registry import index as index_mod

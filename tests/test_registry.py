@@ -334,3 +334,46 @@ def test_old_database_is_upgraded_in_place_with_data_intact(tmp_path):
         assert sid.threshold(asnorm=True) == (1.7, "calibrated")
     with sqlite3.connect(path) as con:
         assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
+
+
+def test_pq_index_is_exact_after_refine_and_purges_removed_speakers(tmp_path, tiny_ckpt):
+    import faiss
+
+    from speakerid.registry.index import choose_kind
+
+    assert choose_kind(99_999) == "flat" and choose_kind(100_000) == "pq"
+    vecs = unit_rows(400, seed=21)
+    names = [f"s{i}" for i in range(400)]
+    with SpeakerID(db=tmp_path / "pq.db", model=tiny_ckpt, index_kind="pq") as s:
+        s.import_embeddings(names, vecs)
+        idx = s.registry.ensure_index()
+        assert idx.kind == "pq" and idx.ntotal == 400
+        hits = s.registry.search(vecs[[3, 250]], 2)
+        assert [h[0].speaker for h in hits] == ["s3", "s250"]
+        assert hits[0][0].score == pytest.approx(1.0, abs=1e-6)
+        exact = np.sort(vecs @ vecs[3])[::-1][1]
+        assert hits[0][1].score == pytest.approx(float(exact), abs=1e-6)
+        # appending to a speaker leaves a zeroed stale entry, found and dropped by re-scoring
+        s.import_embeddings(["s5"], unit_rows(1, seed=99), append=True)
+        idx = s.registry.ensure_index()
+        assert idx.stale == 1 and idx.ntotal == 401
+        # removing a speaker compacts: no code or vector of it remains in the index
+        s.remove("s7")
+        idx = s.registry.ensure_index()
+        labels = faiss.vector_to_array(idx.index.id_map)
+        assert idx.stale == 0 and idx.ntotal == 399 and 8 not in labels  # s7 has id 8
+        assert s.registry.search(vecs[7][None], 3)[0][0].speaker != "s7"
+        assert s.check_index().ok
+    with SpeakerID(db=tmp_path / "pq.db", index_kind="pq") as s:  # reopened from the file
+        idx = s.registry.ensure_index()
+        assert idx.kind == "pq" and faiss.downcast_index(idx.index.index).k_factor == 8
+        assert s.identify_embeddings(vecs[100])[0].speaker == "s100"
+
+
+def test_index_kind_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEAKERID_INDEX", "pq")
+    with SpeakerID(db=tmp_path / "e.db") as s:
+        assert s.registry.index_kind == "pq"
+    monkeypatch.setenv("SPEAKERID_INDEX", "ivf")
+    with pytest.raises(errors.InvalidInputError, match=r"\$SPEAKERID_INDEX='ivf': use one of"):
+        SpeakerID(db=tmp_path / "e.db")

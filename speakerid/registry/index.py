@@ -5,10 +5,20 @@ serialized FAISS index, written to a temporary file and renamed, so a reader see
 or the new index, never half of one. The header's ``generation`` must equal the database's for
 the index to be trusted; otherwise it is rebuilt from the database.
 
-Kinds: ``flat`` (exact, default) and ``hnsw`` (approximate, chosen automatically from
-``HNSW_MIN_SPEAKERS`` speakers). HNSW cannot delete, so updates add new vectors and removals
-are left in place; searches over-fetch candidates and the registry re-scores them exactly
-against the database, which drops removed and outdated entries.
+Kinds:
+- ``flat``: exact brute force (default below ``LARGE_SPEAKERS``);
+- ``pq``: 4-bit product-quantized SIMD scan (FAISS ``PQ{d/4}x4fs``) whose best candidates are
+  re-ranked with the exact vectors (``RFlat``); chosen automatically from ``LARGE_SPEAKERS``.
+  On 1M voiceprints it answers in under a millisecond at recall@1 1.0 and builds in seconds
+  (docs/performance.md);
+- ``hnsw``: graph index (on request), constant-time in the registry size but slower to build
+  and, at 1M, slower to search at the same recall.
+
+Approximate kinds cannot delete in place. Updated voiceprints are added again and their old
+exact vectors zeroed (stale entries); searches over-fetch candidates and the registry
+re-scores them exactly against the database, which drops removed and outdated entries. When a
+speaker is removed, ``pq`` is compacted at once (no quantized code of a removed voice stays),
+and ``hnsw`` zeroes the stored vector.
 """
 
 from __future__ import annotations
@@ -25,7 +35,14 @@ import numpy as np
 from ..errors import RegistryCorruptError
 
 MAGIC = b"SPKIDX1\n"
-HNSW_MIN_SPEAKERS = 100_000
+LARGE_SPEAKERS = 100_000
+HNSW_MIN_SPEAKERS = LARGE_SPEAKERS  # kept for callers of the old name
+#: Exact vectors re-ranked per requested candidate in ``pq`` (the scan is approximate).
+PQ_K_FACTOR = 8
+#: ``pq`` compacts itself (re-encodes without stale entries) once this many accumulate.
+PQ_MAX_STALE = 256
+PQ_TRAIN_MAX = 200_000
+KINDS = ("auto", "flat", "pq", "hnsw")
 HNSW_M = 48
 HNSW_EF_CONSTRUCTION = 100
 #: Measured on 1M random unit 192-d voiceprints (the hardest case: no cluster structure),
@@ -43,11 +60,32 @@ def ef_search(ntotal: int) -> int:
 
 
 def choose_kind(count: int, requested: str = "auto") -> str:
-    if requested not in ("auto", "flat", "hnsw"):
-        raise ValueError(f"unknown index kind {requested!r}")
+    if requested not in KINDS:
+        raise ValueError(f"unknown index kind {requested!r} (use one of {', '.join(KINDS)})")
     if requested != "auto":
         return requested
-    return "hnsw" if count >= HNSW_MIN_SPEAKERS else "flat"
+    return "pq" if count >= LARGE_SPEAKERS else "flat"
+
+
+def _pq_subquantizers(dim: int) -> int:
+    """Sub-quantizers of 4 dims each where the dimension allows (192 -> 48)."""
+    return next(m for m in range(max(1, dim // 4), dim + 1) if dim % m == 0)
+
+
+def _build_pq(dim: int, vectors: np.ndarray) -> faiss.Index:
+    base = faiss.index_factory(
+        dim, f"PQ{_pq_subquantizers(dim)}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT
+    )
+    train = vectors
+    if len(train) > PQ_TRAIN_MAX:
+        pick = np.random.default_rng(0).choice(len(train), PQ_TRAIN_MAX, replace=False)
+        train = train[np.sort(pick)]
+    if len(train) < 1024:  # k-means wants 39 points per centroid; repeat small sets
+        reps = -(-1024 // max(1, len(train)))
+        train = np.tile(train if len(train) else np.eye(1, dim, dtype=np.float32), (reps, 1))
+    base.train(np.ascontiguousarray(train, dtype=np.float32))
+    faiss.downcast_index(base).k_factor = PQ_K_FACTOR
+    return base
 
 
 @dataclass
@@ -67,6 +105,8 @@ class VectorIndex:
         kind = choose_kind(len(ids), kind)
         if kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        elif kind == "pq":
+            index = faiss.IndexIDMap(_build_pq(dim, np.asarray(vectors, dtype=np.float32)))
         else:
             hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -87,25 +127,41 @@ class VectorIndex:
                 np.ascontiguousarray(ids, dtype=np.int64),
             )
 
-    def remove(self, ids: np.ndarray) -> None:
+    def _exact_storage(self) -> np.ndarray:
+        """``[ntotal, dim]`` view of the exact vectors inside an approximate index."""
+        inner = faiss.downcast_index(self.index.index)
+        flat = faiss.downcast_index(inner.storage if self.kind == "hnsw" else inner.refine_index)
+        data = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dim)
+        return data.reshape(self.ntotal, self.dim)
+
+    def remove(self, ids: np.ndarray, purge: bool = True) -> None:
+        """Drop ``ids``; ``purge`` (a speaker removed) also erases every trace of them."""
         if not len(ids):
             return
         if self.kind == "flat":
             self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
             return
-        # HNSW cannot delete: overwrite the stored vectors with zeros so a removed voiceprint
-        # no longer exists in the index (privacy); the graph node stays as a stale entry.
+        # Approximate indexes cannot delete: zero the exact vectors so a removed voiceprint
+        # no longer exists in the index; the entry stays as a stale one.
         labels = faiss.vector_to_array(self.index.id_map)
         positions = np.flatnonzero(np.isin(labels, ids))
-        storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
-        data = faiss.rev_swig_ptr(storage.get_xb(), self.ntotal * self.dim)
-        for pos in positions:
-            data[pos * self.dim : (pos + 1) * self.dim] = 0.0
+        self._exact_storage()[positions] = 0.0
         self.stale += len(positions)
+        if self.kind == "pq" and (purge or self.stale > PQ_MAX_STALE):
+            self.compact()
+
+    def compact(self) -> None:
+        """``pq``: re-encode the live vectors (keeps the trained quantizer, drops stale codes)."""
+        labels = faiss.vector_to_array(self.index.id_map)
+        vectors = self._exact_storage().copy()
+        live = np.any(vectors != 0.0, axis=1)
+        self.index.reset()
+        self.add(labels[live], vectors[live])
+        self.stale = 0
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, existing: np.ndarray) -> None:
         """Replace the vectors of ``existing`` ids and add the new ones."""
-        self.remove(existing)
+        self.remove(existing, purge=False)
         self.add(ids, vectors)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +223,8 @@ class VectorIndex:
                 raise ValueError("header does not match index")
             if header["kind"] == "hnsw":
                 faiss.downcast_index(index.index).hnsw.efSearch = ef_search(index.ntotal)
+            elif header["kind"] == "pq":
+                faiss.downcast_index(index.index).k_factor = PQ_K_FACTOR
         except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
             raise RegistryCorruptError(f"{path}: unreadable index ({exc})") from None
         return cls(index, header["kind"], header["dim"], header["generation"], header["stale"])

@@ -479,7 +479,9 @@ class Registry:
         if index is None or index.generation != generation - 1 or index.kind != wanted:
             self._rebuild_locked()
             return
-        index.remove(replaced)
+        gone = np.setdiff1d(replaced, ids)  # speakers removed, not updated: purge them
+        index.remove(gone, purge=True)
+        index.remove(np.intersect1d(replaced, ids), purge=False)
         index.add(ids, vecs)
         index.generation = generation
         if index.kind == "hnsw" and index.stale > STALE_REBUILD_FRACTION * max(index.ntotal, 1):

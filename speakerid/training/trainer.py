@@ -358,7 +358,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None, restart: bool = Fa
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             accs.append(float(acc))
             report("train", 1, stop_at)
             if step % cfg.checkpoint_every == 0:
