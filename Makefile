@@ -15,14 +15,14 @@ demo: $(STAMP)
 	$(PY) -m speakerid demo
 
 test: $(STAMP)
-	$(PY) -m ruff check speakerid tests bench migrations
+	$(PY) -m ruff check speakerid tests bench migrations data
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP)
-	$(PY) -m ruff check speakerid tests bench migrations
+	$(PY) -m ruff check speakerid tests bench migrations data
 
 clean:
 	rm -rf $(VENV) build *.egg-info
