@@ -1,0 +1,93 @@
+"""CLI latency: import cost and end-to-end wall time of typical commands, side by side.
+
+Each command runs as a fresh process (what a user or a shell script pays), ``--repeat`` times;
+the median is reported. Baselines: a bare ``python -c pass`` and ``import torch, torchaudio``
+(the floor any PyTorch tool pays before it can embed anything). Registry commands (``list``,
+``show``, ``info``, ``remove``) must not import torch, so they should sit near the Python floor;
+``verify`` pays for torch, the model load and one 3 s utterance.
+
+    python bench/cli.py              # test-asset model (../shared), 5 repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DEV = SHARED / "datasets" / "speechocean762-dev"
+ASSET = SHARED / "models" / "eres2netv2-m32-so762.pt"
+
+
+def timed(cmd: list[str], env: dict, repeat: int, ok: tuple[int, ...]) -> tuple[float, float]:
+    """Median and min wall seconds of ``cmd`` over ``repeat`` runs (after one warm-up run)."""
+    runs = []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True)
+        if i:
+            runs.append(time.perf_counter() - t0)
+        if proc.returncode not in ok:
+            raise SystemExit(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return statistics.median(runs), min(runs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    with open(DEV / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    spk = rows[0]["speaker"]
+    mine = [DEV / r["path"] for r in rows if r["speaker"] == spk]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, SPEAKERID_HOME=tmp, SPEAKERID_OFFLINE="1")
+        sid = [sys.executable, "-m", "speakerid"]
+        subprocess.run(
+            [*sid, "enroll", "alice", *map(str, mine[:3]), "--model", str(ASSET)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        claim = str(mine[3])
+        cases = [
+            ("python -c pass", [sys.executable, "-c", "pass"], (0,)),
+            (
+                "python -c 'import torch, torchaudio'",
+                [sys.executable, "-c", "import torch, torchaudio"],
+                (0,),
+            ),
+            ("speakerid --help", [*sid, "--help"], (0,)),
+            ("speakerid list", [*sid, "list"], (0,)),
+            ("speakerid show alice", [*sid, "show", "alice"], (0,)),
+            ("speakerid info", [*sid, "info"], (0,)),
+            # the error path: an unknown speaker, exit 2, registry untouched
+            ("speakerid remove nobody --yes", [*sid, "remove", "nobody", "--yes"], (2,)),
+            # exit 0 accepted / 1 rejected, both are answers
+            ("speakerid verify alice 3s.wav", [*sid, "verify", "alice", claim], (0, 1)),
+        ]
+        print(f"{'command':48s} {'median s':>9s} {'min s':>7s}")
+        for label, cmd, ok in cases:
+            med, best = timed(cmd, env, args.repeat, ok)
+            print(f"{label:48s} {med:9.3f} {best:7.3f}")
+        imports = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import speakerid.cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stderr.splitlines()
+        heavy = [ln for ln in imports if ln.rstrip().endswith(("| torch", "| torchaudio"))]
+        print("torch imported by `import speakerid.cli`:", "yes" if heavy else "no")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
