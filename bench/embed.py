@@ -37,6 +37,8 @@ SYNTH_SECONDS = [1, 2, 3, 5, 10, 20, 30]
 
 
 def dataset(kind: str, n: int) -> list[bytes]:
+    if kind not in ("real", "synthetic"):
+        raise SystemExit(f"unknown data set {kind!r} (use real or synthetic)")
     if kind == "real":
         with open(DEV / "manifest.csv") as f:
             rows = list(csv.DictReader(f))[:n]
@@ -77,8 +79,9 @@ def worker(args) -> None:
 
     from speakerid.embedder import Embedder
 
-    files = dataset(args.data, args.files)
-    seconds = sum(len(f) - 44 for f in files) / 32000 if args.data == "synthetic" else None
+    (kind,) = args.data  # the parent passes one data set per worker
+    files = dataset(kind, args.files)
+    seconds = sum(len(f) - 44 for f in files) / 32000 if kind == "synthetic" else None
     emb = Embedder(args.model_path, device=args.device)
     if args.path == "reference":
         from speakerid.weights import load_model
