@@ -149,7 +149,7 @@ def test_install_custom_checkpoint_and_use_by_name(tiny_ckpt):
     assert result.exit_code == 0, result.output
     assert weights.resolve("mine").sha256 == hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()
     listed = json.loads(runner.invoke(app, ["model", "list", "--json"]).stdout)
-    assert {"mine", "eres2netv2", "eres2netv2-w24s4ep4"} == {r["name"] for r in listed}
+    assert {"mine", "eres2netv2", "eres2netv2-w24s4ep4", "demo"} == {r["name"] for r in listed}
     assert next(r for r in listed if r["name"] == "mine")["installed"] is True
     info = json.loads(runner.invoke(app, ["model", "info", "mine", "--json"]).stdout)
     assert info["config"]["m_channels"] == 16 and info["parameters"] > 0 and info["dim"] == 192
