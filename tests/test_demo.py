@@ -67,6 +67,18 @@ def test_pick_model_offline_falls_back_to_the_bundled_model():
     assert _pick_model("x.pt") == ("x.pt", "as requested")
 
 
+def test_pick_model_says_why_a_download_failed(monkeypatch):
+    def fail(name, **_kw):
+        raise errors.ModelError("cannot download URL: no route to host; download URL elsewhere")
+
+    monkeypatch.delenv("SPEAKERID_OFFLINE")
+    monkeypatch.setattr(weights, "download", fail)
+    name, why = _pick_model(None)
+    assert name == "demo"
+    assert "not available: cannot download URL: no route to host. Install it with:" in why
+    assert why.endswith("(offline: speakerid model install FILE --name eres2netv2)")
+
+
 def test_demo_runs_offline_with_the_bundled_model():
     res = runner.invoke(app, ["demo"])
     assert res.exit_code == 0, res.output

@@ -32,14 +32,15 @@ def _pick_model(requested: str | None) -> tuple[str, str]:
             weights.download("eres2netv2")
             return "eres2netv2", "official ERes2NetV2 (downloaded)"
         except ModelError as exc:
-            reason = str(exc)
+            reason = str(exc).split("; ")[0]  # the cause; the install hint follows below
     if weights.bundled_path("demo") is None:
         raise InvalidInputError(f"no model available: {reason}")
     card = weights.model_card("demo")
     return "demo", (
         f"BUNDLED DEMO MODEL 'demo' ({card.get('summary', 'small ERes2NetV2')}), because the "
         f"official model is not available: {reason}. "
-        "Install it with: speakerid model download eres2netv2"
+        "Install it with: speakerid model download eres2netv2 (offline: speakerid model "
+        "install FILE --name eres2netv2)"
     )
 
 
