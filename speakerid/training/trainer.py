@@ -13,109 +13,49 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import weights
-from ..errors import InvalidInputError, SpeakerIDError
+from ..errors import SpeakerIDError
 from ..features import fbank
 from ..metrics import eer
-from ..models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+from ..models.eres2netv2 import ERes2NetV2
 from . import data as D
 from .augment import Augmenter
+from .config import (
+    EpochStats,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    check_config,
+    check_resume,
+    lr_at,
+    margin_at,
+    plain,
+    state_path,
+)
 from .head import init_head_lda
 from .loss import AAMSoftmax
 
 log = logging.getLogger("speakerid")
 
-#: Progress callback: ``(phase, advance, total)``; phases: decode, init, train, validate.
-Progress = Callable[[str, int, int], None]
+__all__ = [
+    "EpochStats",
+    "TrainConfig",
+    "TrainResult",
+    "calibrate_batchnorm",
+    "lr_at",
+    "margin_at",
+    "state_path",
+    "train",
+    "validation_eer",
+]
 
 VAL_MAX_SECONDS = 10.0
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run (stored in the state file to refuse mismatched resumes)."""
-
-    data: str
-    output: str
-    init: str | None = None  # model name or checkpoint path; None trains from scratch
-    m_channels: int = 32
-    base_width: int = 26
-    scale: int = 2
-    expansion: int = 2
-    embedding_size: int = 192
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"  # sgd (nesterov) or adamw
-    lr: float = 0.1
-    min_lr: float = 5e-5
-    weight_decay: float = 1e-4
-    warmup: float = 0.05  # fraction of all steps
-    margin: float = 0.2
-    margin_ramp: tuple[float, float] = (0.1, 0.4)  # fractions of all steps
-    aam_scale: float = 32.0
-    crop_seconds: tuple[float, float] = (2.0, 3.0)
-    speeds: tuple[float, ...] = D.SPEEDS
-    augment: bool = True
-    head_init: str = "random"  # random or lda
-    lda_pca_dim: int = 300
-    lda_reg: float = 0.1
-    freeze_bn: bool = False
-    val_speakers: int = 10
-    seed: int = 0
-    device: str | None = None
-    bf16: bool = True  # autocast on CUDA only
-    half: bool = False  # store the output in fp16
-    checkpoint_every: int = 200
-    max_steps: int | None = None  # stop early (tests, time-boxed runs); resumable
-
-    def model_config(self) -> ERes2NetV2Config:
-        return ERes2NetV2Config(
-            m_channels=self.m_channels,
-            base_width=self.base_width,
-            scale=self.scale,
-            expansion=self.expansion,
-            embedding_size=self.embedding_size,
-        )
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    step: int
-    lr: float
-    margin: float
-    loss: float
-    accuracy: float
-    val_eer: float | None
-    seconds: float
-
-
-@dataclass
-class TrainResult:
-    output: str
-    state: str
-    steps: int
-    epochs_done: int
-    best_epoch: int | None
-    best_val_eer: float | None
-    init_val_eer: float | None
-    num_classes: int
-    train_utterances: int
-    val_speakers: int
-    parameters: int
-    history: list[EpochStats] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def state_path(output: Path) -> Path:
-    return output.with_name(output.name + ".state.pt")
 
 
 def _device(name: str | None) -> torch.device:
@@ -130,24 +70,6 @@ def _build_model(cfg: TrainConfig) -> ERes2NetV2:
         return weights.load_model(resolved.path)
     torch.manual_seed(cfg.seed)
     return ERes2NetV2(cfg.model_config())
-
-
-def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``min_lr``."""
-    warm = max(1, int(cfg.warmup * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    frac = (step - warm) / max(1, total - warm)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, frac)))
-
-
-def margin_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Zero margin first (let the classes form), then a linear ramp to ``margin``."""
-    lo, hi = cfg.margin_ramp
-    frac = step / max(1, total)
-    if frac <= lo:
-        return 0.0
-    return cfg.margin * min(1.0, (frac - lo) / max(1e-9, hi - lo))
 
 
 def _set_bn_eval(model: torch.nn.Module) -> None:
@@ -195,58 +117,17 @@ def validation_eer(
     return eer(scores[iu][same], scores[iu][~same])[0]
 
 
-def _check_resume(saved: dict, cfg: TrainConfig) -> None:
-    """Refuse to continue a run whose data or network was defined differently."""
-    keys = (
-        "data",
-        "init",
-        "m_channels",
-        "base_width",
-        "scale",
-        "expansion",
-        "embedding_size",
-        "batch_size",
-        "epochs",
-        "speeds",
-        "val_speakers",
-        "seed",
-        "crop_seconds",
-        "head_init",
-    )
-    now = _plain(asdict(cfg))
-    diff = [k for k in keys if saved.get(k) != now.get(k)]
-    if diff:
-        raise InvalidInputError(
-            f"cannot resume: {', '.join(diff)} differ from the saved run "
-            "(use the same options, or --restart to start over)"
-        )
-
-
-def _plain(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
 def train(cfg: TrainConfig, progress: Progress | None = None, restart: bool = False) -> TrainResult:
     """Train (or resume) according to ``cfg``; returns per-epoch statistics."""
     started = time.monotonic()
     report = progress or (lambda _phase, _adv, _total: None)
-    output = Path(cfg.output)
-    if output.suffix not in {".pt", ".pth", ".ckpt", ".bin"}:
-        raise InvalidInputError(f"{output}: output must end in .pt")
-    if not output.parent.is_dir():
-        raise InvalidInputError(f"{output.parent}: output folder does not exist")
-    if cfg.head_init not in {"random", "lda"}:
-        raise InvalidInputError(f"unknown head init {cfg.head_init!r} (random or lda)")
-    if cfg.optimizer not in {"sgd", "adamw"}:
-        raise InvalidInputError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
-    if cfg.epochs < 1:
-        raise InvalidInputError("epochs must be at least 1")
+    output = check_config(cfg)
     device = _device(cfg.device)
     state_file = state_path(output)
     saved = None
     if state_file.is_file() and not restart:
         saved = torch.load(state_file, map_location="cpu", weights_only=True)
-        _check_resume(saved["config"], cfg)
+        check_resume(saved["config"], cfg)
         log.info("resuming %s at step %d", state_file, saved["step"])
 
     items = D.read_labeled(Path(cfg.data))
@@ -307,7 +188,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None, restart: bool = Fa
 
     def save_state() -> None:
         state = {
-            "config": _plain(asdict(cfg)),
+            "config": plain(asdict(cfg)),
             "model": model.state_dict(),
             "head": head.state_dict(),
             "optimizer": opt.state_dict(),
