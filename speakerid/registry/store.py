@@ -3,13 +3,13 @@
 Every write runs under the registry's file lock in one database transaction that also bumps the
 registry's ``generation``; only after the commit is the index updated and saved with the new
 generation. A crash between the two leaves an index whose generation is behind the database's,
-which the next reader detects and rebuilds.
+which the next reader detects and rebuilds. Index maintenance and search live in
+``cache.py`` (mixed in), the blob format in ``vectors.py``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,20 +24,17 @@ from ..errors import (
     EmptyRegistryError,
     InvalidInputError,
     InvalidNameError,
-    RegistryCorruptError,
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
-from ..results import Candidate, EnrollResult, IndexReport, SpeakerInfo, UtteranceInfo
+from ..results import EnrollResult, SpeakerInfo, UtteranceInfo
+from .cache import IndexedSearch
 from .database import FileLock, open_engine
 from .index import VectorIndex, choose_kind
 from .schema import RegistryRow, Speaker, Utterance, utcnow
-
-log = logging.getLogger("speakerid")
+from .vectors import from_blob, to_blob, unit
 
 MAX_NAME_LENGTH = 200
-#: Rebuild an HNSW index once this fraction of its entries is outdated.
-STALE_REBUILD_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -46,20 +43,6 @@ class NewUtterance:
     source: str | None = None
     duration: float | None = None
     sha256: str | None = None
-
-
-def to_blob(v: np.ndarray) -> bytes:
-    return np.ascontiguousarray(v, dtype="<f4").tobytes()
-
-
-def from_blob(b: bytes) -> np.ndarray:
-    return np.frombuffer(b, dtype="<f4")
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return (v / np.maximum(n, 1e-12)).astype(np.float32)
 
 
 def check_name(name: str) -> str:
@@ -74,7 +57,7 @@ def check_name(name: str) -> str:
     return clean
 
 
-class Registry:
+class Registry(IndexedSearch):
     """Speakers and their embeddings in one SQLite file, searchable through FAISS."""
 
     def __init__(self, path: str | Path, index_kind: str = "auto") -> None:
@@ -439,157 +422,3 @@ class Registry:
             if s.scalar(select(Speaker.id).where(Speaker.name == new)) is not None:
                 raise SpeakerExistsError(f"speaker {new!r} already exists")
             spk.name, spk.updated = new, utcnow()
-
-    # --- index -----------------------------------------------------------------------------
-    def _try_load(self) -> VectorIndex | None:
-        if not self.index_path.exists():
-            return None
-        try:
-            return VectorIndex.load(self.index_path)
-        except RegistryCorruptError as exc:
-            log.warning("%s; rebuilding it from the database", exc)
-            return None
-
-    def _loaded_index_locked(self) -> VectorIndex | None:
-        """The current index if one can be had cheaply (caller holds the lock)."""
-        gen = self.generation()
-        if self._index is not None and self._index.generation == gen:
-            return self._index
-        idx = self._try_load()
-        return idx if idx is not None and idx.generation == gen else None
-
-    def _rebuild_locked(self) -> VectorIndex:
-        ids, vecs, _ = self.all_voiceprints()
-        b = self.binding()
-        idx = VectorIndex.build(ids, vecs, b.dim if b else 1, self.generation(), self.index_kind)
-        idx.save(self.index_path)
-        self._index = idx
-        return idx
-
-    def _update_index_locked(
-        self,
-        index: VectorIndex | None,
-        generation: int,
-        ids: np.ndarray,
-        vecs: np.ndarray,
-        replaced: np.ndarray,
-    ) -> None:
-        speakers, _ = self.counts()
-        wanted = choose_kind(speakers, self.index_kind)
-        if index is None or index.generation != generation - 1 or index.kind != wanted:
-            self._rebuild_locked()
-            return
-        gone = np.setdiff1d(replaced, ids)  # speakers removed, not updated: purge them
-        index.remove(gone, purge=True)
-        index.remove(np.intersect1d(replaced, ids), purge=False)
-        index.add(ids, vecs)
-        index.generation = generation
-        if index.kind == "hnsw" and index.stale > STALE_REBUILD_FRACTION * max(index.ntotal, 1):
-            self._rebuild_locked()
-            return
-        index.save(self.index_path)
-        self._index = index
-
-    def ensure_index(self) -> VectorIndex:
-        """The index matching the database, loading or rebuilding it as needed."""
-        gen = self.generation()
-        if self._index is not None and self._index.generation == gen:
-            return self._index
-        idx = self._try_load()
-        if idx is not None and idx.generation == gen:
-            self._index = idx
-            return idx
-        with self.lock.hold():
-            idx = self._loaded_index_locked()
-            if idx is not None:
-                self._index = idx
-                return idx
-            return self._rebuild_locked()
-
-    def rebuild_index(self) -> IndexReport:
-        with self.lock.hold():
-            idx = self._rebuild_locked()
-        speakers, _ = self.counts()
-        return IndexReport(True, idx.kind, idx.generation, idx.ntotal, speakers, [], True)
-
-    def check_index(self) -> IndexReport:
-        """Compare the index file with the database entry by entry (flat) or by sampling."""
-        problems: list[str] = []
-        gen = self.generation()
-        speakers, _ = self.counts()
-        idx = None
-        if not self.index_path.exists():
-            problems.append("index file is missing")
-        else:
-            try:
-                idx = VectorIndex.load(self.index_path)
-            except RegistryCorruptError as exc:
-                problems.append(str(exc))
-        if idx is not None:
-            if idx.generation != gen:
-                problems.append(f"index generation {idx.generation} != database {gen}")
-            ids, vecs, _ = self.all_voiceprints()
-            if idx.kind == "flat":
-                if idx.ntotal != speakers:
-                    problems.append(f"index has {idx.ntotal} entries for {speakers} speakers")
-                else:
-                    for sid, vec in zip(ids, vecs):
-                        try:
-                            ok = np.allclose(idx.reconstruct(sid), vec, atol=1e-6)
-                        except RuntimeError:
-                            ok = False
-                        if not ok:
-                            problems.append(f"speaker id {sid} is missing or outdated in index")
-                            break
-            elif idx.ntotal < speakers:
-                problems.append(f"index has {idx.ntotal} entries for {speakers} speakers")
-            if len(ids) and not problems:
-                sample = vecs[:: max(1, len(ids) // 200)]
-                _, found = idx.search(sample, 1)
-                want = ids[:: max(1, len(ids) // 200)]
-                if np.mean(found[:, 0] == want) < 0.95:
-                    problems.append("index searches do not find speakers' own voiceprints")
-        kind = idx.kind if idx else "none"
-        return IndexReport(
-            not problems,
-            kind,
-            idx.generation if idx else -1,
-            idx.ntotal if idx else 0,
-            speakers,
-            problems,
-        )
-
-    # --- search ----------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int) -> list[list[Candidate]]:
-        """Top-``k`` speakers per query by cosine, exactly re-scored against the database."""
-        if k < 1:
-            raise InvalidInputError("top-k must be at least 1")
-        idx = self.ensure_index()
-        if self.is_empty():
-            raise EmptyRegistryError(
-                "the registry is empty: enroll speakers first (speakerid enroll NAME FILE...)"
-            )
-        q = unit(np.atleast_2d(queries))
-        fetch = k if idx.kind == "flat" else min(max(4 * k, 32) + idx.stale, idx.ntotal)
-        _, ids = idx.search(q, fetch)
-        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
-        with self.Session() as s:
-            rows = (
-                s.execute(
-                    select(Speaker.id, Speaker.name, Speaker.voiceprint).where(
-                        Speaker.id.in_(wanted)
-                    )
-                ).all()
-                if wanted
-                else []
-            )
-        lookup = {r[0]: (r[1], from_blob(r[2])) for r in rows}
-        out = []
-        for qi, row in enumerate(ids):
-            cands = {int(i) for i in row if int(i) in lookup}
-            scored = sorted(
-                ((min(1.0, max(-1.0, float(lookup[i][1] @ q[qi]))), lookup[i][0]) for i in cands),
-                key=lambda t: (-t[0], t[1]),
-            )
-            out.append([Candidate(name, score) for score, name in scored[:k]])
-        return out
