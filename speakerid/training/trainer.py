@@ -21,7 +21,7 @@ import torch
 
 from .. import weights
 from ..errors import SpeakerIDError
-from ..features import fbank
+from ..features import fbank, fbank_batch
 from ..metrics import eer
 from ..models.eres2netv2 import ERes2NetV2
 from . import data as D
@@ -96,7 +96,9 @@ def calibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> 
 
 def _features(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     wav = torch.from_numpy(batch).to(device)
-    return torch.stack([fbank(w) for w in wav])
+    if device.type == "cpu":
+        return torch.stack([fbank(w) for w in wav])
+    return torch.stack(fbank_batch(list(wav), device))
 
 
 @torch.inference_mode()
