@@ -3,11 +3,13 @@
 Reference (3D-Speaker's inference loop): for each file, decode → int16/32768 → Kaldi fbank
 (dither 0) minus its mean → model with batch 1 in fp32 under ``torch.no_grad`` → numpy.
 speakerid: ``Embedder.embed_many`` on the same in-memory files (length-bucketed padded batches
-with exact masking, ``torch.inference_mode``).
+with exact masking, ``torch.inference_mode``; on CPU batch 1 with folded BatchNorm, oneDNN 1x1
+convolutions and channels_last).
+onnx: the same with ``backend="onnx"`` (ONNX Runtime; CPU, when onnxruntime is installed).
 
 Each (model, data, path) runs in its own subprocess so peak memory (max RSS) is per path.
 Reported: utterances/s, real-time factor (compute seconds per audio second), peak RSS, and the
-minimum cosine between the two paths' embeddings.
+minimum cosine between each path's embeddings and the reference's.
 
     python bench/embed.py                       # CPU, both models, real + synthetic data
     python bench/embed.py --device cuda --files 400
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -82,7 +86,8 @@ def worker(args) -> None:
     (kind,) = args.data  # the parent passes one data set per worker
     files = dataset(kind, args.files)
     seconds = sum(len(f) - 44 for f in files) / 32000 if kind == "synthetic" else None
-    emb = Embedder(args.model_path, device=args.device)
+    backend = "onnx" if args.path == "onnx" else "torch"
+    emb = Embedder(args.model_path, device=args.device, backend=backend)  # exports if onnx
     if args.path == "reference":
         from speakerid.weights import load_model
 
@@ -142,10 +147,13 @@ def main() -> None:
         f"{'model':<28} {'data':<9} {'path':<10} {'utt/s':>7} {'RTF':>7} {'peak MB':>8} "
         f"{'speedup':>7} {'min cos':>9}"
     )
+    paths = ["reference", "speakerid"]
+    if args.device == "cpu" and importlib.util.find_spec("onnxruntime"):
+        paths.append("onnx")  # speakerid with SPEAKERID_BACKEND=onnx (ONNX Runtime)
     for label, path in models.items():
         for data in args.data:
             res = {}
-            for which in ("reference", "speakerid"):
+            for which in paths:
                 out = tmp / f"{which}.npy"
                 proc = subprocess.run(
                     [
@@ -168,16 +176,16 @@ def main() -> None:
                     check=True,
                     capture_output=True,
                     text=True,
+                    env=dict(os.environ, SPEAKERID_HOME=str(tmp / "home")),
                 )
                 res[which] = json.loads(proc.stdout.strip().splitlines()[-1])
                 res[which]["vecs"] = np.load(out)
-            cos = float(np.min(np.sum(res["reference"]["vecs"] * res["speakerid"]["vecs"], 1)))
             base = res["reference"]["n"] / res["reference"]["seconds"]
-            for which in ("reference", "speakerid"):
+            for which in paths:
                 r = res[which]
                 ups = r["n"] / r["seconds"]
                 rtf = r["seconds"] / r["audio"]
-                shown = cos if which != "reference" else 1.0
+                shown = float(np.min(np.sum(res["reference"]["vecs"] * r["vecs"], 1)))
                 print(
                     f"{label:<28} {data:<9} {which:<10} {ups:7.2f} {rtf:7.4f} "
                     f"{r['rss_mb']:8.0f} {ups / base:6.2f}x {shown:9.6f}",

@@ -21,6 +21,8 @@ ENV_MODEL = "SPEAKERID_MODEL"
 ENV_THRESHOLD = "SPEAKERID_THRESHOLD"
 ENV_DEVICE = "SPEAKERID_DEVICE"
 ENV_INDEX = "SPEAKERID_INDEX"
+ENV_BACKEND = "SPEAKERID_BACKEND"
+BACKENDS = ("torch", "onnx")
 INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
 
 
@@ -53,6 +55,16 @@ def default_model() -> str:
 
 def default_device() -> str:
     return os.environ.get(ENV_DEVICE) or "cpu"
+
+
+def default_backend() -> str:
+    """``$SPEAKERID_BACKEND``: ``torch`` (default) or ``onnx`` (ONNX Runtime, CPU only)."""
+    from .errors import InvalidInputError
+
+    backend = os.environ.get(ENV_BACKEND) or "torch"
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"${ENV_BACKEND}={backend!r}: use one of {', '.join(BACKENDS)}")
+    return backend
 
 
 def parse_threshold(value: float | str, asnorm: bool = False) -> float:

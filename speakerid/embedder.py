@@ -24,8 +24,8 @@ import torch
 
 from . import weights
 from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
-from .config import default_device, default_model
-from .errors import DeviceError
+from .config import BACKENDS, default_backend, default_device, default_model
+from .errors import DeviceError, InvalidInputError
 from .features import fbank, fbank_batch
 from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
 
@@ -89,6 +89,7 @@ class Embedder:
         progress: weights.Progress | None = None,
         batch_size: int | None = None,
         fast_cpu: bool = True,
+        backend: str | None = None,
     ) -> None:
         resolved = weights.resolve(model or default_model(), progress=progress)
         self.name = resolved.name
@@ -108,13 +109,28 @@ class Embedder:
         # a batched GPU network. On CPU the batched version is ~2.5x slower (its intermediates
         # fall out of cache) and fbank is ~1 % of the network's time, so it stays per utterance.
         self.batched_fbank = not on_cpu
-        if on_cpu and fast_cpu:
+        self.backend = backend or default_backend()
+        if self.backend not in BACKENDS:
+            raise InvalidInputError(f"unknown backend {self.backend!r}: use torch or onnx")
+        self._onnx = None
+        if self.backend == "onnx":
+            if not on_cpu:
+                raise DeviceError("the onnx backend runs on CPU only (use --device cpu)")
+            from .onnx_backend import load_or_export
+
+            # same weights, same embeddings: the registry's model identity does not change
+            self._onnx = load_or_export(self.model, self.sha256)
+        elif on_cpu and fast_cpu:
             self.model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
             use_onednn_pointwise(self.model)
 
     @torch.inference_mode()
     def _forward(self, feats: list[torch.Tensor]) -> np.ndarray:
         lengths = [f.shape[0] for f in feats]
+        if self._onnx is not None:  # the exported graph has no length mask: equal lengths only
+            if len(set(lengths)) == 1:
+                return self._onnx(torch.stack(feats))
+            return np.concatenate([self._onnx(f.unsqueeze(0)) for f in feats])
         if len(set(lengths)) == 1:
             return self.model(torch.stack(feats).to(self.device)).float().cpu().numpy()
         batch = torch.zeros(len(feats), max(lengths), feats[0].shape[1], device=feats[0].device)

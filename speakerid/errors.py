@@ -82,6 +82,10 @@ class DeviceError(ModelError):
     """The requested compute device is not available."""
 
 
+class OnnxUnavailableError(ModelError):
+    """The onnx backend was requested but its optional packages are not installed."""
+
+
 # --- registry ----------------------------------------------------------------------------
 class RegistryError(SpeakerIDError):
     """The speaker registry refused an operation."""

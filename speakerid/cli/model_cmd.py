@@ -124,3 +124,35 @@ def info(
         return
     for key, value in data.items():
         typer.echo(f"{key:<13} {value}")
+
+
+@app.command("export-onnx")
+@handle_errors
+def export_onnx(
+    model: Annotated[str, typer.Argument(help="Known/installed model name or checkpoint path.")],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="ONNX file (default: the backend's cache)."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX (what SPEAKERID_BACKEND=onnx runs) and check its agreement."""
+    from .. import onnx_backend
+
+    resolved = weights.resolve(model, progress=download_progress(show_progress(json_out)))
+    net = weights.load_model(resolved.path)
+    dest = onnx_backend.export_onnx(net, output or onnx_backend.cache_path(resolved.sha256))
+    cosine = onnx_backend.agreement(net, onnx_backend.OnnxNetwork(dest))
+    data = {
+        "name": resolved.name,
+        "sha256": resolved.sha256,
+        "onnx": str(dest),
+        "bytes": dest.stat().st_size,
+        "min_cosine_vs_torch": cosine,
+    }
+    if json_out:
+        emit_json(data)
+    else:
+        typer.echo(
+            f"{resolved.name}: {dest} ({data['bytes']:,} bytes), min cosine vs PyTorch {cosine:.6f}"
+        )
