@@ -59,12 +59,18 @@ def default_device() -> str:
 
 def default_backend() -> str:
     """``$SPEAKERID_BACKEND``: ``torch`` (default) or ``onnx`` (ONNX Runtime, CPU only)."""
+    name = os.environ.get(ENV_BACKEND) or "torch"
+    return check_backend(name, f"${ENV_BACKEND}={name!r}")
+
+
+def check_backend(name: str, label: str | None = None) -> str:
+    """``name`` if it is a known backend, else a one-line error (``label`` says where from)."""
     from .errors import InvalidInputError
 
-    backend = os.environ.get(ENV_BACKEND) or "torch"
-    if backend not in BACKENDS:
-        raise InvalidInputError(f"${ENV_BACKEND}={backend!r}: use one of {', '.join(BACKENDS)}")
-    return backend
+    if name not in BACKENDS:
+        where = label or f"unknown backend {name!r}"
+        raise InvalidInputError(f"{where}: use one of {', '.join(BACKENDS)}")
+    return name
 
 
 def parse_threshold(value: float | str, asnorm: bool = False) -> float:

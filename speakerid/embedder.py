@@ -24,8 +24,8 @@ import torch
 
 from . import weights
 from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
-from .config import BACKENDS, default_backend, default_device, default_model
-from .errors import DeviceError, InvalidInputError
+from .config import check_backend, default_backend, default_device, default_model
+from .errors import DeviceError
 from .features import fbank, fbank_batch
 from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
 
@@ -109,9 +109,7 @@ class Embedder:
         # a batched GPU network. On CPU the batched version is ~2.5x slower (its intermediates
         # fall out of cache) and fbank is ~1 % of the network's time, so it stays per utterance.
         self.batched_fbank = not on_cpu
-        self.backend = backend or default_backend()
-        if self.backend not in BACKENDS:
-            raise InvalidInputError(f"unknown backend {self.backend!r}: use torch or onnx")
+        self.backend = check_backend(backend) if backend else default_backend()
         self._onnx = None
         if self.backend == "onnx":
             if not on_cpu:

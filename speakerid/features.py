@@ -16,13 +16,13 @@ FRAME_SHIFT_MS = 10.0
 #: FFT size Kaldi rounds the 400-sample window up to.
 PADDED_WINDOW = 512
 PREEMPHASIS = 0.97
+WINDOW = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400 samples
+HOP = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160 samples
 
 
 def num_frames(num_samples: int) -> int:
     """Frames Kaldi fbank produces for ``num_samples`` (snip_edges=True)."""
-    win = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
-    hop = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
-    return 0 if num_samples < win else 1 + (num_samples - win) // hop
+    return 0 if num_samples < WINDOW else 1 + (num_samples - WINDOW) // HOP
 
 
 def fbank(samples: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -41,19 +41,18 @@ def fbank(samples: np.ndarray | torch.Tensor) -> torch.Tensor:
     return feats - feats.mean(dim=0, keepdim=True)
 
 
-_MEL_CACHE: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+_MEL_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _mel_and_window(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Kaldi's mel filterbank (``[257, 80]``) and povey window, built once per device."""
-    key = (str(device), torch.float32)
+    key = str(device)
     if key not in _MEL_CACHE:
-        win = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
         banks, _ = kaldi.get_mel_banks(
             NUM_MEL_BINS, PADDED_WINDOW, SAMPLE_RATE, 20.0, 0.0, 100.0, -500.0, 1.0
         )
         banks = torch.nn.functional.pad(banks.float(), (0, 1)).T.contiguous().to(device)
-        window = torch.hann_window(win, periodic=False, dtype=torch.float32).pow(0.85)
+        window = torch.hann_window(WINDOW, periodic=False, dtype=torch.float32).pow(0.85)
         _MEL_CACHE[key] = (banks, window.to(device))
     return _MEL_CACHE[key]
 
@@ -70,15 +69,13 @@ def fbank_batch(
     (tests: max |diff| < 1e-4, like the official fixtures).
     """
     device = torch.device(device)
-    win = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
-    hop = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
     counts, frames = [], []
     for w in waves:
         t = torch.as_tensor(w, dtype=torch.float32).reshape(-1).to(device)
         n = num_frames(t.numel())
         counts.append(n)
         if n:
-            frames.append(t.unfold(0, win, hop))
+            frames.append(t.unfold(0, WINDOW, HOP))
     if not frames:
         return [torch.zeros(0, NUM_MEL_BINS, device=device) for _ in counts]
     x = torch.cat(frames)  # [all frames, 400]
