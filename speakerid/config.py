@@ -53,6 +53,17 @@ def default_model() -> str:
     return os.environ.get(ENV_MODEL) or DEFAULT_MODEL
 
 
+def requested_model(explicit: str | os.PathLike | None = None) -> str | None:
+    """The model the user asked for (``--model``, else ``$SPEAKERID_MODEL``), or None.
+
+    A registry that is already bound uses its own model unless one is requested; a requested
+    model is accepted on a bound registry only when its sha256 is the bound one.
+    """
+    if explicit:
+        return str(explicit)
+    return os.environ.get(ENV_MODEL) or None
+
+
 def default_device() -> str:
     return os.environ.get(ENV_DEVICE) or "cpu"
 

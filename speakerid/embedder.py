@@ -95,6 +95,8 @@ class Embedder:
         self.name = resolved.name
         self.path = resolved.path
         self.sha256 = resolved.sha256
+        #: What a registry stores to load this model again (a name or an absolute path).
+        self.ref = resolved.ref
         self.device = resolve_device(device)
         self.model = weights.load_model(resolved.path).to(self.device)
         self.config = self.model.config

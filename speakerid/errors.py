@@ -107,6 +107,10 @@ class EmptyRegistryError(RegistryError):
     pass
 
 
+class RegistryNotFoundError(RegistryError):
+    """A read-only command was pointed at a registry that does not exist (nothing is created)."""
+
+
 class ModelMismatchError(RegistryError):
     """Embeddings from different models are not comparable."""
 

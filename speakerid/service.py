@@ -22,7 +22,8 @@ from .errors import (
     AudioQualityError,
     EmptyRegistryError,
     InvalidInputError,
-    ModelMismatchError,
+    ModelError,
+    ModelNotInstalledError,
     SpeakerExistsError,
 )
 from .quality import MIN_SPEECH_SECONDS
@@ -56,16 +57,19 @@ class SpeakerID:
         index_kind: str | None = None,
         download_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
-        kind = index_kind or config.default_index_kind()
-        self.registry = Registry(Path(db) if db else config.default_db_path(), kind)
+        self._index_kind = index_kind or config.default_index_kind()
+        self.path = Path(db) if db else config.default_db_path()
+        self._registry: Registry | None = None
         self._model = str(model) if model else None
         self._threshold = None if threshold is None else config.parse_threshold(threshold)
         self._device = device
         self._download_progress = download_progress
         self._embedder = None
+        self._detached = False
 
     def close(self) -> None:
-        self.registry.close()
+        if self._registry is not None:
+            self._registry.close()
 
     def __enter__(self) -> SpeakerID:
         return self
@@ -73,57 +77,99 @@ class SpeakerID:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # --- registry ----------------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        """The registry, opened on first use; reading a registry that does not exist is an
+        error (``RegistryNotFoundError``), so read-only calls never create files."""
+        if self._registry is None:
+            self._registry = Registry(self.path, self._index_kind, create=False)
+        return self._registry
+
+    def _writable_registry(self) -> Registry:
+        """The registry for a write, created (with its folder) when it does not exist yet."""
+        if self._registry is None:
+            self._registry = Registry(self.path, self._index_kind, create=True)
+        return self._registry
+
+    def _binding(self):
+        """The registry's binding, or None when it is unbound or does not exist (no files made)."""
+        if self._detached or (self._registry is None and not self.path.is_file()):
+            return None
+        return self.registry.binding()
+
+    def registry_free(self) -> None:
+        """For work that stores nothing (compare, evaluate): when a model other than the
+        registry's is requested, use it with its own card threshold instead of refusing."""
+        from . import weights
+
+        requested = config.requested_model(self._model)
+        binding = self._binding()
+        if requested and binding is not None and self._embedder is None:
+            if weights.identity(requested).sha256 != binding.model_sha256:
+                self._detached = True
+
     # --- model -----------------------------------------------------------------------------
     @property
     def embedder(self):
-        """The embedder, loaded on first use and checked against the registry's binding."""
+        """The embedder: the requested model (``model=`` or ``$SPEAKERID_MODEL``) or the
+        registry's bound one; a requested model must have the bound model's sha256."""
         if self._embedder is None:
             from .embedder import Embedder
 
-            binding = self.registry.binding()
-            ref = self._model or (binding.model_ref if binding else config.default_model())
-            emb = Embedder(ref, device=self._device, progress=self._download_progress)
-            if binding and emb.sha256 != binding.model_sha256:
-                raise ModelMismatchError(
-                    f"registry {self.registry.path} is bound to model {binding.model_name!r} "
-                    f"(sha256 {binding.model_sha256[:12]}); {emb.name!r} "
-                    f"(sha256 {emb.sha256[:12]}) gives embeddings that are not comparable: "
-                    f"use the registry's model or another --db"
-                )
+            binding = self._binding()
+            requested = config.requested_model(self._model)
+            ref = requested or (binding.model_ref if binding else config.DEFAULT_MODEL)
+            try:
+                emb = Embedder(ref, device=self._device, progress=self._download_progress)
+            except ModelError as exc:
+                if binding is None or requested:
+                    raise
+                raise ModelNotInstalledError(
+                    f"registry {self.path} is bound to model {binding.model_name!r} "
+                    f"({binding.model_ref}, sha256 {binding.model_sha256[:12]}), which cannot "
+                    f"be loaded: {exc}. If the file moved, pass --model NEW_PATH (or set "
+                    f"{config.ENV_MODEL}) once: the registry checks its sha256 and remembers "
+                    f"the new place"
+                ) from None
+            if binding is not None:
+                if emb.sha256 != binding.model_sha256:
+                    self.registry.bind(emb.name, emb.ref, emb.sha256, emb.dim)  # raises
+                if emb.ref != binding.model_ref and not _resolvable(binding.model_ref):
+                    self.registry.bind(emb.name, emb.ref, emb.sha256, emb.dim, repair_ref=True)
             self._embedder = emb
         return self._embedder
 
     def _bind(self) -> None:
-        if self.registry.binding() is None:
-            e = self.embedder
-            self.registry.bind(
-                e.name,
-                str(e.path) if self._model and Path(self._model).is_file() else e.name,
-                e.sha256,
-                e.dim,
-            )
-            self._adopt_card_threshold(e.name)
+        """Bind a new registry to the embedder's model (checked when already bound)."""
+        e = self.embedder
+        self._writable_registry().bind(e.name, e.ref, e.sha256, e.dim)
 
-    def _adopt_card_threshold(self, model_name: str) -> None:
-        """A bundled model's scores live on its own scale: start from its card's threshold."""
+    def _model_card_threshold(self) -> tuple[float, str] | None:
+        """The threshold from the card of the bound (or else requested/default) model."""
         from . import weights
 
-        card = weights.model_card(model_name)
-        if "recommended_threshold" in card:
-            self.registry.set_threshold(
-                float(card["recommended_threshold"]), f"model card ({model_name})", False
-            )
+        binding = self._binding()
+        if binding is not None:
+            ref, sha, name = binding.model_ref, binding.model_sha256, binding.model_name
+        else:
+            ref = config.requested_model(self._model) or config.DEFAULT_MODEL
+            sha, name = None, Path(ref).stem if os.sep in ref else ref
+        value = weights.card_threshold(ref, sha)
+        return None if value is None else (value, f"model card ({name})")
 
     def threshold(self, override: float | None = None, asnorm: bool = False) -> tuple[float, str]:
-        """Effective threshold and its origin: call > constructor > env > registry > default.
+        """Effective threshold and its origin: call > constructor > env > registry's stored
+        value > the model's card > the official card's 0.365.
 
         AS-Norm scores are z-scores: they use only the call's value or the registry's
-        calibrated ``threshold_asnorm`` (``speakerid calibrate --asnorm --apply``).
+        calibrated ``threshold_asnorm`` (``speakerid calibrate --asnorm --apply``). Nothing
+        here creates a registry.
         """
         if override is not None:
             return config.parse_threshold(override, asnorm), "argument"
         if asnorm:
-            b = self.registry.binding()
+            b = self._binding()
             if b is None or b.threshold_asnorm is None:
                 raise InvalidInputError(
                     "AS-Norm scores need their own threshold: pass --threshold or run "
@@ -135,16 +181,25 @@ class SpeakerID:
         env = config.env_threshold()
         if env is not None:
             return env, f"${config.ENV_THRESHOLD}"
-        binding = self.registry.binding()
+        binding = self._binding()
         if binding is not None and binding.threshold is not None:
             return binding.threshold, binding.threshold_source or "registry"
-        return config.DEFAULT_THRESHOLD, "default (model card)"
+        card = self._model_card_threshold()
+        if card is not None:
+            return card
+        return config.DEFAULT_THRESHOLD, "default (official ERes2NetV2 card; calibrate this model)"
 
     def set_threshold(
-        self, value: float, source: str = "set by user", asnorm: bool = False
+        self, value: float | None, source: str = "set by user", asnorm: bool = False
     ) -> None:
-        self._bind()
-        self.registry.set_threshold(config.parse_threshold(value, asnorm), source, asnorm)
+        """Store the registry's threshold; ``None`` resets it to the model card's."""
+        binding = self._binding()
+        if binding is None:
+            self._bind()
+        elif config.requested_model(self._model):
+            self._bind_identity(binding.dim)  # a requested model must be the bound one
+        stored = None if value is None else config.parse_threshold(value, asnorm)
+        self.registry.set_threshold(stored, None if value is None else source, asnorm)
 
     # --- embedding helpers -----------------------------------------------------------------
     def _embed(self, files: Sequence, on_progress: Progress | None = None):
@@ -201,7 +256,7 @@ class SpeakerID:
         name = check_name(name)
         if not audio_files:
             raise InvalidInputError("enroll needs at least one audio file")
-        if not append and self.registry.exists(name):  # fail before the costly embedding
+        if not append and self.path.is_file() and self.registry.exists(name):  # before embedding
             raise SpeakerExistsError(
                 f"speaker {name!r} already exists; use --append to add utterances to it"
             )
@@ -258,21 +313,24 @@ class SpeakerID:
             raise InvalidInputError(
                 f"{len(names)} names for an embedding matrix of shape {tuple(vectors.shape)}"
             )
-        binding = self.registry.binding()
-        if binding is None:
-            from . import weights
-
-            resolved = weights.resolve(
-                self._model or config.default_model(), progress=self._download_progress
-            )
-            ref = str(resolved.path) if Path(str(self._model or "")).is_file() else resolved.name
-            self.registry.bind(resolved.name, ref, resolved.sha256, int(vectors.shape[1]))
-            self._adopt_card_threshold(resolved.name)
+        self._bind_identity(int(vectors.shape[1]))
         groups: dict[str, list[NewUtterance]] = {}
         for i, name in enumerate(names):
             src = sources[i] if sources else None
             groups.setdefault(check_name(name), []).append(NewUtterance(vectors[i], src))
         return self.registry.enroll_many(list(groups.items()), append=append)
+
+    def _bind_identity(self, dim: int) -> None:
+        """Bind (or check) the registry against the requested model without loading it:
+        vectors computed elsewhere must come from the registry's model, as for ``enroll``."""
+        from . import weights
+
+        requested = config.requested_model(self._model)
+        binding = self._binding()
+        if binding is not None and requested is None:
+            return  # the caller vouches that the vectors are the bound model's
+        ident = weights.identity(requested or config.DEFAULT_MODEL, self._download_progress)
+        self._writable_registry().bind(ident.name, ident.ref, ident.sha256, dim)
 
     # --- queries -----------------------------------------------------------------------------
     def identify(self, audio, top_k: int = 1, threshold: float | None = None) -> IdentifyResult:
@@ -368,7 +426,9 @@ class SpeakerID:
         return VerifyResult(check_name(name), emb.source, score, t, score >= t)
 
     def compare(self, a, b, threshold: float | None = None) -> CompareResult:
-        """Same speaker in two recordings? (No registry entries involved.)"""
+        """Same speaker in two recordings? Registry-free: nothing is created or written; an
+        existing registry only lends its model and threshold when no other model is asked for."""
+        self.registry_free()
         t, _ = self.threshold(threshold)
         ea, eb = self._embed([a, b])
         score = _cosine(ea.vector, eb.vector)
@@ -451,6 +511,12 @@ class SpeakerID:
 
     def check_index(self) -> IndexReport:
         return self.registry.check_index()
+
+
+def _resolvable(ref: str) -> bool:
+    """Whether a stored model reference still points at something (a path that exists, or a
+    name, which ``weights.resolve`` finds or reports itself)."""
+    return Path(ref).is_file() if os.path.isabs(ref) else True
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -49,6 +49,8 @@ class KnownModel:
     config: Mapping[str, int] = field(default_factory=dict)
     parameters: int = 0
     description: str = ""
+    #: Cosine threshold from the model's card (the official cards publish 0.365 for both).
+    threshold: float | None = None
 
     def url(self, base_url: str | None = None) -> str:
         base = (base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
@@ -72,6 +74,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             config={"m_channels": 64, "base_width": 26, "scale": 2, "expansion": 2},
             parameters=17_859_632,
             description="ERes2NetV2 common, 200k speakers, 3.81% EER on CN-Celeb",
+            threshold=0.365,
         ),
         KnownModel(
             name="eres2netv2-w24s4ep4",
@@ -82,6 +85,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             config={"m_channels": 64, "base_width": 24, "scale": 4, "expansion": 4},
             parameters=53_513_632,
             description="ERes2NetV2 w24s4ep4 (wider, slower), 200k speakers",
+            threshold=0.365,
         ),
     )
 }
@@ -148,8 +152,10 @@ def installed_models() -> list[str]:
 
 
 def manual_install_hint(model: KnownModel) -> str:
+    """The ways out when a known model cannot be downloaded (offline first run)."""
     return (
-        f"download {model.url()} on a connected machine, then run: "
+        f"use the bundled offline model with --model demo (or SPEAKERID_MODEL=demo), or "
+        f"download {model.url()} on a connected machine and run: "
         f"speakerid model install FILE --name {model.name}"
     )
 
@@ -229,8 +235,13 @@ def download(
     expected = sha256 or model.sha256
     try:
         digest = download_file(model.url(base_url), model.path, expected, progress)
+    except ChecksumMismatchError:
+        raise
     except DownloadError as exc:
-        raise DownloadError(f"{exc}; {manual_install_hint(model)}") from None
+        cause = str(exc).split(": ", 1)[-1] if str(exc).startswith("cannot download") else exc
+        raise DownloadError(
+            f"cannot download model {name!r} ({cause}); {manual_install_hint(model)}"
+        ) from None
     log.info("downloaded %s (%s) to %s", name, digest, model.path)
     return model.path
 
@@ -278,6 +289,22 @@ class ResolvedModel:
     name: str
     path: Path
     sha256: str
+    #: What a registry stores to find this model again: a model name (known, bundled or
+    #: installed) or the absolute path of a checkpoint file. Always resolvable by ``resolve``.
+    ref: str = ""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who a model is (name, resolvable reference, sha256), learned without loading it."""
+
+    name: str
+    ref: str
+    sha256: str
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or text.endswith((".pt", ".ckpt", ".pth", ".bin"))
 
 
 def resolve(name_or_path: str | os.PathLike, progress: Progress | None = None) -> ResolvedModel:
@@ -285,20 +312,107 @@ def resolve(name_or_path: str | os.PathLike, progress: Progress | None = None) -
     text = str(name_or_path)
     as_path = Path(text).expanduser()
     if as_path.is_file():
-        return ResolvedModel(as_path.stem, as_path.resolve(), sha256_file(as_path))
+        full = as_path.resolve()
+        return ResolvedModel(as_path.stem, full, sha256_file(full), str(full))
     bundled = bundled_path(text)
     if bundled is not None:
-        return ResolvedModel(text, bundled, sha256_file(bundled))
+        return ResolvedModel(text, bundled, sha256_file(bundled), text)
     if text in KNOWN_MODELS:
         path = installed_path(text) or download(text, progress=progress)
-        return ResolvedModel(text, path, sha256_file(path))
+        return ResolvedModel(text, path, sha256_file(path), text)
     path = installed_path(text)
     if path:
-        return ResolvedModel(text, path, sha256_file(path))
-    if os.sep in text or text.endswith((".pt", ".ckpt", ".pth", ".bin")):
+        return ResolvedModel(text, path, sha256_file(path), text)
+    if _looks_like_path(text):
         raise ModelNotInstalledError(f"{text}: no such model file")
     get_known(text)  # raises UnknownModelError with the list of names
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def identity(name_or_path: str | os.PathLike, progress: Progress | None = None) -> ModelIdentity:
+    """Name, reference and sha256 of a model, without downloading a pinned known model."""
+    text = str(name_or_path)
+    known = KNOWN_MODELS.get(text)
+    if known is not None and known.sha256 and installed_path(text) is None:
+        if bundled_path(text) is None and not Path(text).expanduser().is_file():
+            return ModelIdentity(text, text, known.sha256)
+    r = resolve(text, progress=progress)
+    return ModelIdentity(r.name, r.ref, r.sha256)
+
+
+def model_card_for(ref: str, sha256: str | None = None) -> dict:
+    """The card of any model reference: a bundled model's packaged card, a checkpoint's
+    ``<file>.json`` beside it (ignored when its ``sha256`` names another file), or the
+    known-model table's published values. Empty when there is none. Never downloads."""
+    import json
+
+    if bundled_path(ref) is not None:
+        return model_card(ref)
+    known = KNOWN_MODELS.get(ref)
+    if known is not None:
+        return {"recommended_threshold": known.threshold} if known.threshold else {}
+    path = Path(ref).expanduser() if _looks_like_path(ref) else installed_path(ref)
+    side = path.with_suffix(".json") if path is not None else None
+    if side is None or not side.is_file():
+        return {}
+    try:
+        card = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("ignoring unreadable model card %s", side)
+        return {}
+    if not isinstance(card, dict) or (sha256 and card.get("sha256") not in (None, sha256)):
+        return {}
+    return card
+
+
+def card_threshold(ref: str, sha256: str | None = None) -> float | None:
+    """The cosine threshold a model's card recommends: ``recommended_threshold``, else the
+    EER threshold of its own evaluation (``evaluation.this_model.eer_threshold_cosine``)."""
+    card = model_card_for(ref, sha256)
+    value = card.get("recommended_threshold")
+    if value is None:
+        value = ((card.get("evaluation") or {}).get("this_model") or {}).get(
+            "eer_threshold_cosine"
+        )
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def describe(name_or_path: str | os.PathLike) -> dict:
+    """What ``model info`` shows. A known model that is not installed is described from the
+    pinned table (never downloaded); anything on disk from its weights."""
+    from .models.eres2netv2 import count_parameters
+
+    text = str(name_or_path)
+    known = KNOWN_MODELS.get(text)
+    if known is not None and installed_path(text) is None and bundled_path(text) is None:
+        return {
+            "name": known.name,
+            "installed": False,
+            "path": None,
+            "url": known.url(),
+            "sha256": known.sha256,
+            "architecture": "ERes2NetV2",
+            "config": dict(known.config),
+            "parameters": known.parameters,
+            "dim": 192,
+            "threshold": known.threshold,
+        }
+    resolved = resolve(text)
+    net = load_model(resolved.path)
+    return {
+        "name": resolved.name,
+        "installed": True,
+        "path": str(resolved.path),
+        "sha256": resolved.sha256,
+        "architecture": "ERes2NetV2",
+        "config": net.config.to_dict(),
+        "parameters": count_parameters(net),
+        "dim": net.config.embedding_size,
+        "threshold": card_threshold(resolved.ref, resolved.sha256),
+    }
 
 
 _WRAPPER_KEYS = ("state_dict", "model", "embedding_model", "model_state_dict", "module")

@@ -9,6 +9,7 @@ import pytest
 
 from speakerid import errors
 from speakerid.registry.schema import SCHEMA_REVISION
+from speakerid.registry.store import Registry
 from speakerid.service import SpeakerID
 
 from .conftest import unit_rows
@@ -75,10 +76,14 @@ def test_unicode_and_spaced_names_round_trip(sid, voices, name):
 def test_invalid_names(sid, voices, bad):
     with pytest.raises(errors.InvalidNameError):
         sid.enroll(bad, [voices[0]])
-    assert sid.registry.counts() == (0, 0)
+    assert not sid.path.exists()  # nothing written, not even an empty registry
 
 
 def test_empty_registry_and_unknown_speaker(sid, voices):
+    with pytest.raises(errors.RegistryNotFoundError, match="no registry at .*enroll a speaker"):
+        sid.identify(voices[0])
+    sid.enroll("x", [voices[1]])
+    sid.remove("x")
     with pytest.raises(errors.EmptyRegistryError, match="enroll speakers first"):
         sid.identify(voices[0])
     with pytest.raises(errors.SpeakerNotFoundError, match="no speaker named 'nobody'"):
@@ -130,7 +135,8 @@ def test_threshold_edges_and_precedence(sid, monkeypatch):
     probe = vecs[0] + 0.5 * unit_rows(1, seed=7)[0]
     score = sid.identify_embeddings(probe)[0].score
     assert 0.5 < score < 1.0
-    assert sid.threshold() == (0.365, "default (model card)")
+    # a checkpoint without a card: the official card's value, saying so
+    assert sid.threshold() == (0.365, "default (official ERes2NetV2 card; calibrate this model)")
     above = float(np.nextafter(score, 2.0))
     for t, accepted in [(score, True), (above, False), (-1.0, True), (1.0, False)]:
         res = sid.identify_embeddings(probe, top_k=2, threshold=t)[0]
@@ -177,7 +183,8 @@ def test_remove_deletes_from_database_and_index(sid):
     sid.import_embeddings(["a", "b", "c", "d"], vecs)
     assert sid.remove("b") == 1
     assert [s.name for s in sid.list()] == ["a", "c", "d"]
-    with sqlite3.connect(sid.registry.path) as con:
+    Registry(sid.path).close()
+    with sqlite3.connect(sid.path) as con:
         assert con.execute("select count(*) from utterances").fetchone()[0] == 3
         blobs = [r[0] for r in con.execute("select embedding from utterances")]
     assert vecs[1].astype("<f4").tobytes() not in blobs
@@ -251,7 +258,8 @@ def test_schema_is_alembic_managed_and_head_matches_code(sid):
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION
-    with sqlite3.connect(sid.registry.path) as con:
+    Registry(sid.path).close()
+    with sqlite3.connect(sid.path) as con:
         assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
         assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
 
@@ -260,7 +268,7 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(errors.RegistryCorruptError, match="not a usable registry database"):
-        SpeakerID(db=bad)
+        SpeakerID(db=bad).list()
 
 
 def test_wheel_ships_migrations(tmp_path):
@@ -372,6 +380,7 @@ def test_pq_index_is_exact_after_refine_and_purges_removed_speakers(tmp_path, ti
 
 def test_index_kind_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEAKERID_INDEX", "pq")
+    Registry(tmp_path / "e.db").close()
     with SpeakerID(db=tmp_path / "e.db") as s:
         assert s.registry.index_kind == "pq"
     monkeypatch.setenv("SPEAKERID_INDEX", "ivf")

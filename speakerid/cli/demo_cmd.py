@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
+import shutil
+import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -104,9 +107,7 @@ def demo(
         typer.echo(f"\n1. enroll {len(names)} speakers")
         for name, files in plan.enroll.items():
             r = sid.enroll(name, files)
-            typer.echo(
-                f"   speakerid enroll {name} <{len(files)} files>  -> {r.utterances} utterances"
-            )
+            typer.echo(f"   enrolled {name} from {len(files)} files -> {r.utterances} utterances")
         unknown = sum(truth not in plan.enroll for truth, _ in plan.probes)
         typer.echo(
             f"\n2. identify {len(plan.probes)} clips ({unknown} from a voice never enrolled)"
@@ -135,4 +136,39 @@ def demo(
                 f"   {label}: is {Path(v.file).name} {v.speaker}? "
                 f"{'accepted' if v.accepted else 'rejected'} (score {v.score:.3f})"
             )
-    typer.echo("\nTry it yourself: speakerid enroll NAME a.wav b.wav; speakerid identify x.wav")
+    typer.echo("\nTry it yourself (a registry in ./speakerid-demo.db):")
+    for line in try_it_commands(model_ref, plan):
+        typer.echo(f"  {line}")
+
+
+def _speakerid_command() -> str:
+    """How to run speakerid from here, as printed: on PATH, the venv's script, or python -m."""
+    script = Path(sys.executable).parent / "speakerid"
+    on_path = shutil.which("speakerid")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "speakerid"
+    if script.is_file():
+        return shlex.quote(_relative(script))
+    return f"{shlex.quote(sys.executable)} -m speakerid"
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.absolute())
+
+
+def try_it_commands(model_ref: str, plan: Plan) -> list[str]:
+    """Commands that work exactly as printed (offline too): same model, a registry file here."""
+    exe = _speakerid_command()
+    db = "--db speakerid-demo.db"
+    name, files = next(iter(plan.enroll.items()))
+    probe = next((p for truth, p in plan.probes if truth == name), files[-1])
+    model = "" if model_ref == "eres2netv2" else f" --model {shlex.quote(model_ref)}"
+    quoted = " ".join(shlex.quote(_relative(f)) for f in files)
+    return [
+        f"{exe} enroll {shlex.quote(name)} {quoted} --append {db}{model}",
+        f"{exe} identify {shlex.quote(_relative(probe))} {db}",
+        f"{exe} verify {shlex.quote(name)} {shlex.quote(_relative(probe))} {db}",
+    ]

@@ -67,6 +67,7 @@ def _run(
     from .common import progress_bar
 
     files = _cohort_files(cohort, cohort_max, seed)
+    sid.registry_free()
     t, _ = sid.threshold(threshold)
     with progress_bar("embedding", None, show_progress(json_out)) as advance:
         return evaluate(

@@ -221,14 +221,21 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 @handle_errors
 def threshold(
     value: Annotated[Optional[float], typer.Argument(help="New registry threshold.")] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Forget the stored value: back to the model card's.")
+    ] = False,
     db: DbOpt = None,
     model: ModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show the effective threshold, or store VALUE as the registry's threshold."""
+    """Show the effective threshold, store VALUE as the registry's, or --reset it."""
+    if reset and value is not None:
+        raise InvalidInputError("give a threshold value or --reset, not both")
     with open_service(db, model) as sid:
         if value is not None:
             sid.set_threshold(value, "set by user")
+        elif reset:
+            sid.set_threshold(None)
         t, source = sid.threshold()
     if json_out:
         emit_json({"threshold": t, "source": source})

@@ -106,19 +106,7 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Configuration (inferred from the weights), parameter count and checksum of a model."""
-    from ..models.eres2netv2 import count_parameters
-
-    resolved = weights.resolve(model, progress=download_progress(show_progress(json_out)))
-    net = weights.load_model(resolved.path)
-    data = {
-        "name": resolved.name,
-        "path": str(resolved.path),
-        "sha256": resolved.sha256,
-        "architecture": "ERes2NetV2",
-        "config": net.config.to_dict(),
-        "parameters": count_parameters(net),
-        "dim": net.config.embedding_size,
-    }
+    data = weights.describe(model)
     if json_out:
         emit_json(data)
         return

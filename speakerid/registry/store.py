@@ -10,6 +10,7 @@ which the next reader detects and rebuilds. Index maintenance and search live in
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from ..errors import (
     EmptyRegistryError,
     InvalidInputError,
     InvalidNameError,
+    ModelMismatchError,
+    RegistryNotFoundError,
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
@@ -33,6 +36,8 @@ from .database import FileLock, open_engine
 from .index import VectorIndex, choose_kind
 from .schema import RegistryRow, Speaker, Utterance, utcnow
 from .vectors import from_blob, to_blob, unit
+
+log = logging.getLogger("speakerid")
 
 MAX_NAME_LENGTH = 200
 
@@ -60,8 +65,13 @@ def check_name(name: str) -> str:
 class Registry(IndexedSearch):
     """Speakers and their embeddings in one SQLite file, searchable through FAISS."""
 
-    def __init__(self, path: str | Path, index_kind: str = "auto") -> None:
+    def __init__(self, path: str | Path, index_kind: str = "auto", create: bool = True) -> None:
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise RegistryNotFoundError(
+                f"no registry at {self.path}: enroll a speaker first to create it "
+                f"(speakerid enroll NAME FILE...), or pass --db PATH of an existing one"
+            )
         self.index_path = self.path.with_name(self.path.name + ".index")
         self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
         self.index_kind = index_kind
@@ -78,8 +88,21 @@ class Registry(IndexedSearch):
         with self.Session() as s:
             return s.get(RegistryRow, 1)
 
-    def bind(self, model_name: str, model_ref: str, sha256: str, dim: int) -> RegistryRow:
-        """Bind an empty registry to a model (no-op when already bound)."""
+    def bind(
+        self,
+        model_name: str,
+        model_ref: str,
+        sha256: str,
+        dim: int,
+        repair_ref: bool = False,
+    ) -> RegistryRow:
+        """The one place a registry meets a model: bind an unbound registry, or check that
+        ``sha256`` is the bound model's (``ModelMismatchError`` otherwise).
+
+        ``model_ref`` must be resolvable later (a model name or an absolute path). With
+        ``repair_ref`` a bound registry whose stored reference no longer resolves (the file
+        moved) remembers the new one, since the sha256 proves it is the same model.
+        """
         with self.lock.hold(), self.Session.begin() as s:
             row = s.get(RegistryRow, 1)
             if row is None:
@@ -93,6 +116,15 @@ class Registry(IndexedSearch):
                     created=utcnow(),
                 )
                 s.add(row)
+            elif row.model_sha256 != sha256:
+                raise ModelMismatchError(
+                    f"registry {self.path} is bound to model {row.model_name!r} (sha256 "
+                    f"{row.model_sha256[:12]}); {model_name!r} (sha256 {sha256[:12]}) gives "
+                    f"embeddings that are not comparable: use the registry's model or another --db"
+                )
+            elif repair_ref and row.model_ref != model_ref:
+                log.info("registry model moved: %s -> %s", row.model_ref, model_ref)
+                row.model_ref = model_ref
             return row
 
     def set_threshold(
