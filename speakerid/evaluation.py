@@ -3,13 +3,13 @@ identification accuracy, optionally with AS-Norm, VAD trimming, cropping and bot
 
 Inputs: (a) a trial list in the 3D-Speaker/VoxCeleb format ``enroll_path test_path label``
 (label ``1|0|target|nontarget``, paths relative to ``root``) or (b) a folder with one sub-folder
-per speaker, from which balanced trials are drawn reproducibly (seeded). Every file is embedded
-once per run (``EmbeddingCache``).
+per speaker, of which every pair of files is a trial (``trials.folder_trials``). Every file is
+embedded once per run (``EmbeddingCache``). Operating points that the trial counts cannot carry
+come back as ``warnings`` (rule of 30, see ``trials.py``).
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,68 +18,30 @@ from pathlib import Path
 import numpy as np
 
 from .audio import speaker_folders
-from .errors import InvalidInputError
 from .metrics import eer, min_dcf, threshold_at_far
+from .scoring import DEFAULT_TOP_N, asnorm_scores, pair_scores
+from .trials import (
+    MAX_NONTARGETS,
+    MAX_TARGETS,
+    Trial,
+    TrialSet,
+    folder_trials,
+    list_trials,
+    read_trials,
+    trial_warnings,
+)
 
-LABELS = {"1": True, "target": True, "0": False, "nontarget": False}
-
-
-@dataclass(frozen=True)
-class Trial:
-    enroll: Path
-    test: Path
-    target: bool
-
-
-def read_trials(path: Path, root: Path | None = None) -> list[Trial]:
-    root = root or path.parent
-    trials = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot read trial list ({exc.strerror})") from None
-    for n, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts or line.lstrip().startswith("#"):
-            continue
-        if len(parts) != 3 or parts[2].lower() not in LABELS:
-            raise InvalidInputError(
-                f"{path}:{n}: expected 'enroll_path test_path label' with label "
-                f"1|0|target|nontarget, got {line.strip()!r}"
-            )
-        trials.append(Trial(root / parts[0], root / parts[1], LABELS[parts[2].lower()]))
-    if not any(t.target for t in trials) or all(t.target for t in trials):
-        raise InvalidInputError(f"{path}: needs both target and non-target trials")
-    return trials
-
-
-def generate_trials(
-    speakers: dict[str, list[Path]], seed: int = 0, max_targets: int = 20000
-) -> list[Trial]:
-    """All same-speaker pairs (sampled down to ``max_targets``) plus as many random
-    different-speaker pairs: balanced, reproducible for a given seed."""
-    rng = random.Random(seed)
-    targets = [
-        Trial(a, b, True)
-        for files in speakers.values()
-        for a, b in itertools.combinations(files, 2)
-    ]
-    if len(targets) > max_targets:
-        targets = rng.sample(targets, max_targets)
-    names = sorted(speakers)
-    if len(names) < 2 or not targets:
-        raise InvalidInputError("need at least 2 speakers, one with 2 or more recordings")
-    seen: set[tuple[Path, Path]] = set()
-    nontargets: list[Trial] = []
-    limit = len(targets) * 20
-    while len(nontargets) < len(targets) and limit:
-        limit -= 1
-        a, b = rng.sample(names, 2)
-        pair = (rng.choice(speakers[a]), rng.choice(speakers[b]))
-        if pair not in seen:
-            seen.add(pair)
-            nontargets.append(Trial(pair[0], pair[1], False))
-    return targets + nontargets
+__all__ = [
+    "Calibration",
+    "EmbeddingCache",
+    "EvalReport",
+    "Trial",
+    "calibrate",
+    "evaluate",
+    "read_trials",
+    "speaker_folders",
+]
+FAR_POINTS = (0.01, 0.001)  # the operating points every report gives
 
 
 class EmbeddingCache:
@@ -142,6 +104,8 @@ class EvalReport:
     max_seconds: float | None = None
     asnorm: dict | None = None
     identification: dict | None = None
+    trials: str = ""
+    warnings: list[str] = field(default_factory=list)
     scores: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -228,11 +192,12 @@ def evaluate(
     *,
     root: Path | None = None,
     seed: int = 0,
-    max_targets: int = 20000,
+    max_targets: int = MAX_TARGETS,
+    max_nontargets: int = MAX_NONTARGETS,
     enroll_k: int = 3,
     threshold: float = 0.365,
     cohort: Sequence[Path] | None = None,
-    cohort_top_n: int = 100,
+    cohort_top_n: int = DEFAULT_TOP_N,
     vad: bool = False,
     max_seconds: float | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -241,45 +206,95 @@ def evaluate(
     """Evaluate ``embedder`` on a trial list file or a speaker-per-folder directory."""
     source = Path(source)
     speakers = speaker_folders(source) if source.is_dir() else None
-    trials = generate_trials(speakers, seed, max_targets) if speakers else read_trials(source, root)
-    files = list(dict.fromkeys([t.enroll for t in trials] + [t.test for t in trials]))
-    if speakers:
-        files = list(dict.fromkeys(files + [p for fs in speakers.values() for p in fs]))
-    cohort = list(cohort or [])
+    trials: TrialSet = (
+        folder_trials(speakers, seed, max_targets, max_nontargets)
+        if speakers is not None
+        else list_trials(read_trials(source, root))
+    )
+    files, cohort = trials.files, list(cohort or [])
     if on_total:
-        on_total(len(files) + len(cohort))
+        on_total(len(dict.fromkeys(files + cohort)))
     cache = EmbeddingCache(embedder, vad=vad, max_seconds=max_seconds)
     cache.embed(files + cohort, on_progress)
-    e = cache.matrix([t.enroll for t in trials])
-    t = cache.matrix([t.test for t in trials])
-    raw = np.einsum("ij,ij->i", e, t)
-    is_target = np.array([tr.target for tr in trials])
+    x = cache.matrix(files)
+    raw = pair_scores(x, x, trials.enroll, trials.test)
+    is_target = trials.target
     metrics = verification_metrics(raw[is_target], raw[~is_target])
     far = float(np.mean(raw[~is_target] >= threshold))
     frr = float(np.mean(raw[is_target] < threshold))
     report = EvalReport(
         embedder.name,
-        int(is_target.sum()),
-        int((~is_target).sum()),
+        trials.n_target,
+        trials.n_nontarget,
         threshold=threshold,
         far_at_threshold=far,
         frr_at_threshold=frr,
         vad=vad,
         max_seconds=max_seconds,
+        trials=trials.description,
+        warnings=trial_warnings(
+            trials.n_target, trials.n_nontarget, FAR_POINTS, eer=metrics["eer"]
+        ),
         **metrics,
     )
     report.scores = {"target": raw[is_target], "nontarget": raw[~is_target]}
     if cohort:
-        from .scoring import asnorm, cohort_stats
-
         coh = cache.matrix(cohort)
-        norm = asnorm(raw, cohort_stats(e, coh, cohort_top_n), cohort_stats(t, coh, cohort_top_n))
+        norm = asnorm_scores(x, x, coh, cohort_top_n, pairs=(trials.enroll, trials.test))
         report.scores.update(asnorm_target=norm[is_target], asnorm_nontarget=norm[~is_target])
         report.asnorm = {
             "cohort": len(coh),
             "top_n": cohort_top_n,
             **verification_metrics(norm[is_target], norm[~is_target]),
         }
+        shared = len(set(cohort) & set(files))
+        if shared:
+            report.warnings.append(
+                f"the AS-Norm cohort shares {shared} files with the evaluated data, which "
+                f"biases its numbers: use recordings of speakers not under test"
+            )
     if speakers and enroll_k > 0:
         report.identification = identification(cache, speakers, enroll_k, threshold, seed)
     return report
+
+
+@dataclass
+class Calibration:
+    """A recommended threshold and what it rests on (``speakerid calibrate``)."""
+
+    threshold: float
+    far: float
+    frr: float
+    target_far: float
+    asnorm: bool
+    eer: float  # raw-cosine EER of the data, as before (the AS-Norm one is in evaluate)
+    target_trials: int
+    nontarget_trials: int
+    trials: str
+    warnings: list[str]
+
+
+def calibrate(report: EvalReport, target_far: float, asnorm: bool = False) -> Calibration:
+    """The lowest threshold whose false-accept rate on ``report``'s trials is at most
+    ``target_far`` (raw cosine, or AS-Norm scores when ``asnorm``), with warnings when the
+    trial counts cannot carry that rate or the FRR found there."""
+    key = "asnorm_" if asnorm else ""
+    if asnorm and report.asnorm is None:
+        raise ValueError("AS-Norm calibration needs a report evaluated with a cohort")
+    tgt, non = report.scores[f"{key}target"], report.scores[f"{key}nontarget"]
+    thr, far, frr = threshold_at_far(tgt, non, target_far)
+    rate = report.asnorm["eer"] if asnorm else report.eer
+    warnings = trial_warnings(len(tgt), len(non), (target_far,), eer=rate, frr=frr)
+    warnings += [w for w in report.warnings if w.startswith("the AS-Norm cohort")]
+    return Calibration(
+        round(thr, 6),
+        far,
+        frr,
+        target_far,
+        asnorm,
+        report.eer,
+        len(tgt),
+        len(non),
+        report.trials,
+        warnings,
+    )

@@ -385,22 +385,18 @@ class SpeakerID:
         return vecs, names
 
     def _asnorm_candidates(self, q: np.ndarray, cands, top_k: int):
-        """Re-rank raw candidates by AS-Norm against the registry's other speakers."""
-        from .scoring import DEFAULT_TOP_N, asnorm, cohort_stats
+        """Re-rank raw candidates by AS-Norm, the same rule as ``verify`` (scoring.py)."""
+        from .scoring import registry_asnorm
 
         cohort, names = self._cohort()
-        index = {n: i for i, n in enumerate(names)}
-        out = []
-        for qi, row in enumerate(cands):
-            test_stats = cohort_stats(q[qi], cohort, DEFAULT_TOP_N)
-            rescored = []
-            for c in row:
-                keep = np.arange(len(names)) != index[c.speaker]
-                stats_e = cohort_stats(cohort[index[c.speaker]], cohort[keep], DEFAULT_TOP_N)
-                norm = asnorm(np.array([c.score]), stats_e, test_stats)[0]
-                rescored.append(Candidate(c.speaker, float(norm)))
-            out.append(sorted(rescored, key=lambda c: -c.score)[:top_k])
-        return out
+        flat = [(qi, c.speaker) for qi, row in enumerate(cands) for c in row]
+        if not flat:
+            return [[] for _ in cands]
+        norm = registry_asnorm(cohort, names, [name for _, name in flat], q[[qi for qi, _ in flat]])
+        out: list[list[Candidate]] = [[] for _ in cands]
+        for (qi, name), score in zip(flat, norm):
+            out[qi].append(Candidate(name, float(score)))
+        return [sorted(row, key=lambda c: -c.score)[:top_k] for row in out]
 
     def verify(
         self, name: str, audio, threshold: float | None = None, asnorm: bool = False
@@ -411,18 +407,10 @@ class SpeakerID:
         emb = self._embed([audio])[0]
         score = _cosine(voiceprint, emb.vector)
         if asnorm:
-            from .scoring import DEFAULT_TOP_N, cohort_stats
-            from .scoring import asnorm as normalize
+            from .scoring import registry_asnorm
 
             cohort, names = self._cohort()
-            others = cohort[[n != check_name(name) for n in names]]
-            score = float(
-                normalize(
-                    np.array([score]),
-                    cohort_stats(voiceprint, others, DEFAULT_TOP_N),
-                    cohort_stats(emb.vector, others, DEFAULT_TOP_N),
-                )[0]
-            )
+            score = float(registry_asnorm(cohort, names, [check_name(name)], emb.vector)[0])
         return VerifyResult(check_name(name), emb.source, score, t, score >= t)
 
     def compare(self, a, b, threshold: float | None = None) -> CompareResult:

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from speakerid.cli import app
-from speakerid.evaluation import generate_trials, read_trials, speaker_folders
+from speakerid.evaluation import read_trials, speaker_folders
+from speakerid.trials import folder_trials
 
 from .conftest import DATASETS, TEST_MODEL
 
@@ -42,14 +43,11 @@ def _cli(*args, db):
     return runner.invoke(app, [*map(str, args), "--db", str(db), "--model", str(TEST_MODEL)])
 
 
-def test_trial_generation_is_balanced_and_reproducible(folder):
-    speakers = speaker_folders(folder)
-    a, b = generate_trials(speakers, seed=1), generate_trials(speakers, seed=1)
-    assert a == b and a != generate_trials(speakers, seed=2)
-    targets = [t for t in a if t.target]
-    assert len(targets) == 8 * 10 and len(a) == 2 * len(targets)
-    assert all(t.enroll.parent.name == t.test.parent.name for t in targets)
-    assert all(t.enroll.parent.name != t.test.parent.name for t in a if not t.target)
+def test_folder_trials_are_every_pair(folder):
+    ts = folder_trials(speaker_folders(folder))
+    assert (ts.n_target, ts.n_nontarget) == (8 * 10, 40 * 39 // 2 - 8 * 10)
+    same = [ts.files[i].parent == ts.files[j].parent for i, j in zip(ts.enroll, ts.test)]
+    assert same == ts.target.tolist()
 
 
 def test_evaluate_folder_json_and_plots(folder, tmp_path):
@@ -69,7 +67,9 @@ def test_evaluate_folder_json_and_plots(folder, tmp_path):
     )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
-    assert (rep["target_trials"], rep["nontarget_trials"]) == (80, 80)
+    assert (rep["target_trials"], rep["nontarget_trials"]) == (80, 700)
+    assert rep["trials"] == "all 80 same-speaker pairs and all 700 different-speaker pairs"
+    assert any(w.startswith("FAR 0.1% needs at least 30,000") for w in rep["warnings"])
     assert 0.0 <= rep["eer"] < 0.3 and rep["min_dcf_p01"] <= 1.0
     assert rep["threshold_far_01pct"] >= rep["threshold_far_1pct"]
     ident = rep["identification"]

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..trials import MAX_NONTARGETS, MAX_TARGETS
 from .common import (
     DbOpt,
     DeviceOpt,
@@ -31,7 +32,19 @@ CohortOpt = Annotated[
 ]
 CohortMaxOpt = Annotated[int, typer.Option("--cohort-max", help="Cohort files to use.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Trial generation seed.")]
-MaxTargetsOpt = Annotated[int, typer.Option("--max-targets", help="Target trials at most.")]
+MaxTargetsOpt = Annotated[
+    int,
+    typer.Option("--max-targets", help="Same-speaker pairs at most (above: seeded sample)."),
+]
+MaxNontargetsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-nontargets", help="Different-speaker pairs at most (above: seeded sample)."
+    ),
+]
+PlotOpt = Annotated[
+    Optional[Path], typer.Option("--plot", help="Write det.png and scores.png here.")
+]
 VadOpt = Annotated[bool, typer.Option("--vad", help="Trim silence before embedding.")]
 
 
@@ -55,6 +68,7 @@ def _run(
     root,
     seed,
     max_targets,
+    max_nontargets,
     enroll_k,
     threshold,
     cohort,
@@ -76,6 +90,7 @@ def _run(
             root=root,
             seed=seed,
             max_targets=max_targets,
+            max_nontargets=max_nontargets,
             enroll_k=enroll_k,
             threshold=t,
             cohort=files,
@@ -89,7 +104,7 @@ def _print_report(rep) -> None:
     pct = lambda x: f"{100 * x:6.2f}%"  # noqa: E731
     typer.echo(
         f"model {rep.model}: {rep.target_trials} target / {rep.nontarget_trials} "
-        f"non-target trials{' (VAD)' if rep.vad else ''}"
+        f"non-target trials{' (VAD)' if rep.vad else ''}: {rep.trials}"
     )
     rows = [
         ("EER", pct(rep.eer), f"threshold {rep.eer_threshold:.4f}"),
@@ -127,12 +142,27 @@ def _print_report(rep) -> None:
         typer.echo(f"  {name:<22} {a:>14}  {b}")
 
 
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
+
+
+def _plots(directory: Path, rep, threshold: float | None, asnorm: bool = False) -> list[str]:
+    from ..plots import write_plots
+
+    raw = ("raw cosine", (rep.scores["target"], rep.scores["nontarget"]))
+    norm = ("AS-Norm", (rep.scores.get("asnorm_target"), rep.scores.get("asnorm_nontarget")))
+    curves = dict([norm, raw] if asnorm else [raw, norm] if rep.asnorm else [raw])
+    return [str(p) for p in write_plots(directory, curves, threshold, rep.model)]
+
+
 @handle_errors
 def evaluate(
     source: SourceArg,
     root: RootOpt = None,
     seed: SeedOpt = 0,
-    max_targets: MaxTargetsOpt = 20000,
+    max_targets: MaxTargetsOpt = MAX_TARGETS,
+    max_nontargets: MaxNontargetsOpt = MAX_NONTARGETS,
     enroll_k: Annotated[
         int, typer.Option("--enroll-k", help="Utterances enrolled per speaker for identification.")
     ] = 3,
@@ -144,9 +174,7 @@ def evaluate(
         Optional[float],
         typer.Option("--max-seconds", help="Crop every file to its first S seconds."),
     ] = None,
-    plot: Annotated[
-        Optional[Path], typer.Option("--plot", help="Write det.png and scores.png here.")
-    ] = None,
+    plot: PlotOpt = None,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -160,6 +188,7 @@ def evaluate(
             root,
             seed,
             max_targets,
+            max_nontargets,
             enroll_k,
             threshold,
             cohort,
@@ -170,18 +199,14 @@ def evaluate(
         )
     data = rep.to_dict()
     if plot:
-        from ..plots import write_plots
-
-        curves = {"raw cosine": (rep.scores["target"], rep.scores["nontarget"])}
-        if rep.asnorm:
-            curves["AS-Norm"] = (rep.scores["asnorm_target"], rep.scores["asnorm_nontarget"])
-        data["plots"] = [str(p) for p in write_plots(plot, curves, rep.threshold)]
+        data["plots"] = _plots(plot, rep, rep.threshold)
     if json_out:
         emit_json(data)
     else:
         _print_report(rep)
         for p in data.get("plots", []):
             typer.echo(f"  wrote {p}")
+    _warn(rep.warnings)
 
 
 @handle_errors
@@ -198,9 +223,11 @@ def calibrate(
     ] = False,
     root: RootOpt = None,
     seed: SeedOpt = 0,
-    max_targets: MaxTargetsOpt = 20000,
+    max_targets: MaxTargetsOpt = MAX_TARGETS,
+    max_nontargets: MaxNontargetsOpt = MAX_NONTARGETS,
     cohort: CohortOpt = None,
     cohort_max: CohortMaxOpt = 600,
+    plot: PlotOpt = None,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -208,7 +235,7 @@ def calibrate(
 ) -> None:
     """Recommend the threshold that keeps false accepts at --target-far on your data."""
     from ..errors import InvalidInputError
-    from ..metrics import threshold_at_far
+    from ..evaluation import calibrate as recommend
 
     if not 0.0 < target_far < 1.0:
         raise InvalidInputError("--target-far must be between 0 and 1")
@@ -221,6 +248,7 @@ def calibrate(
             root,
             seed,
             max_targets,
+            max_nontargets,
             0,
             None,
             cohort if asnorm else None,
@@ -229,32 +257,38 @@ def calibrate(
             None,
             json_out,
         )
-        tgt, non = rep.scores["target"], rep.scores["nontarget"]
-        if asnorm:
-            # AS-Norm thresholds calibrated with the registry-cohort rule used at run time
-            tgt, non = rep.scores.get("asnorm_target"), rep.scores.get("asnorm_nontarget")
-        thr, far, frr = threshold_at_far(tgt, non, target_far)
+        # AS-Norm scores come from scoring.asnorm_scores, the definition verify/identify use
+        cal = recommend(rep, target_far, asnorm)
         source_note = (
-            f"calibrate {date.today().isoformat()}: FAR {100 * far:.2f}% / FRR "
-            f"{100 * frr:.2f}% on {source} ({len(tgt)}+{len(non)} trials, "
-            f"model {rep.model})"
+            f"calibrate {date.today().isoformat()}: FAR {100 * cal.far:.2f}% / FRR "
+            f"{100 * cal.frr:.2f}% on {source} ({cal.target_trials}+{cal.nontarget_trials} "
+            f"trials, model {rep.model})"
         )
         if apply:
-            sid.set_threshold(round(thr, 6), source_note, asnorm=asnorm)
+            sid.set_threshold(cal.threshold, source_note, asnorm=asnorm)
     out = {
-        "threshold": round(thr, 6),
-        "far": far,
-        "frr": frr,
+        "threshold": cal.threshold,
+        "far": cal.far,
+        "frr": cal.frr,
         "target_far": target_far,
         "asnorm": asnorm,
-        "eer": rep.eer,
+        "eer": cal.eer,
         "applied": apply,
         "source": source_note,
+        "target_trials": cal.target_trials,
+        "nontarget_trials": cal.nontarget_trials,
+        "trials": cal.trials,
+        "warnings": cal.warnings,
     }
+    if plot:
+        out["plots"] = _plots(plot, rep, cal.threshold, asnorm)
     if json_out:
         emit_json(out)
     else:
         typer.echo(
-            f"recommended threshold {thr:.4f}: FAR {100 * far:.2f}%, FRR {100 * frr:.2f}% "
-            f"(EER {100 * rep.eer:.2f}%)" + (" - stored in the registry" if apply else "")
+            f"recommended threshold {cal.threshold:.4f}: FAR {100 * cal.far:.2f}%, FRR "
+            f"{100 * cal.frr:.2f}% (EER {100 * cal.eer:.2f}%) from {cal.target_trials:,} target "
+            f"/ {cal.nontarget_trials:,} non-target trials"
+            + (" - stored in the registry" if apply else "")
         )
+    _warn(cal.warnings)
