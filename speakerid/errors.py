@@ -129,3 +129,7 @@ class RegistryLockedError(RegistryError):
 
 class InvalidInputError(SpeakerIDError):
     """Arguments that make no sense (bad threshold, bad file format of an import, ...)."""
+
+
+class BackupError(InvalidInputError):
+    """A backup folder that is missing, damaged or not a speakerid backup."""

@@ -151,3 +151,20 @@ class RegistryInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What ``speakerid import DIR`` wrote (``--json``)."""
+
+    directory: str
+    model: str
+    speakers: int
+    utterances: int
+    skipped: list[str]  # already in the registry, kept (--skip-existing)
+    replaced: list[str]  # already in the registry, overwritten (--replace)
+    thresholds_restored: bool  # False when merged into a registry that has speakers
+    bound: bool  # this import bound a new registry to the backup's model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

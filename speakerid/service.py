@@ -6,7 +6,6 @@ input never leaves a half-written registry. Nothing here imports torch until aud
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from .results import (
     IdentifyResult,
     IndexReport,
     RegistryInfo,
+    RestoreResult,
     SpeakerInfo,
     VerifyResult,
 )
@@ -442,39 +442,20 @@ class SpeakerID:
         self.registry.rename(old, new)
 
     def export(self, directory: str | os.PathLike) -> dict[str, Any]:
-        """Write ``embeddings.npy`` + ``names.txt`` (re-importable) and ``speakers.json``."""
-        out = Path(directory)
-        rows = self.registry.export_rows()
-        if not rows:
-            raise EmptyRegistryError("the registry is empty: nothing to export")
-        out.mkdir(parents=True, exist_ok=True)
-        names, vecs, speakers = [], [], []
-        for name, meta, utts in rows:
-            speakers.append(
-                {
-                    "name": name,
-                    "metadata": json.loads(meta) if meta else None,
-                    "utterances": [
-                        {"source": s, "duration": d, "sha256": h} for _, s, d, h in utts
-                    ],
-                }
-            )
-            for vec, *_ in utts:
-                names.append(name)
-                vecs.append(vec)
-        np.save(out / "embeddings.npy", np.stack(vecs).astype(np.float32))
-        (out / "names.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-        b = self.registry.binding()
-        manifest = {
-            "model": b.model_name,
-            "model_sha256": b.model_sha256,
-            "dim": b.dim,
-            "speakers": speakers,
-        }
-        (out / "speakers.json").write_text(
-            json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
-        )
-        return {"directory": str(out), "speakers": len(rows), "utterances": len(names)}
+        """Write a lossless backup folder (see :mod:`speakerid.backup`); never loads the model."""
+        from .backup import write_backup
+
+        return write_backup(self.registry, directory)
+
+    def restore(self, directory: str | os.PathLike, on_conflict: str = "error") -> RestoreResult:
+        """Import a backup folder, all or nothing, without loading or downloading any model.
+
+        ``on_conflict``: ``"error"`` (speakers already present refuse the import), ``"skip"``
+        (keep them) or ``"replace"`` (overwrite them with the backup's).
+        """
+        from .backup import restore_backup
+
+        return restore_backup(self._writable_registry, directory, on_conflict)
 
     def info(self) -> RegistryInfo:
         b = self.registry.binding()

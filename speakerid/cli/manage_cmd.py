@@ -1,5 +1,5 @@
 """Commands that never load the model (and never import torch): list, show, remove, rename,
-import-embeddings, export, index, info, threshold."""
+import-embeddings, export, import, index, info, threshold."""
 
 from __future__ import annotations
 
@@ -163,7 +163,11 @@ def export(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export all embeddings (embeddings.npy + names.txt, re-importable) and speakers.json."""
+    """Back up the registry losslessly (speakerid import DIR restores it).
+
+    Writes embeddings.npy + names.txt (also readable by import-embeddings), voiceprints.npy and
+    speakers.json (model binding, thresholds, metadata, times, sources, hashes, checksums).
+    """
     with open_service(db) as sid:
         summary = sid.export(directory)
     if json_out:
@@ -173,6 +177,44 @@ def export(
             f"exported {summary['speakers']} speaker(s), {summary['utterances']} "
             f"embedding(s) to {summary['directory']}"
         )
+
+
+@handle_errors
+def import_backup(
+    directory: Annotated[Path, typer.Argument(help="A folder written by speakerid export.")],
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Keep speakers already in the registry.")
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite speakers already in the registry.")
+    ] = False,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore a backup (all or nothing; offline: no model is loaded or downloaded).
+
+    A new registry is bound to the backup's model and gets its thresholds; a registry bound to
+    another model refuses it. Speakers that already exist refuse the import unless
+    --skip-existing or --replace.
+    """
+    if skip_existing and replace:
+        raise InvalidInputError("--skip-existing and --replace exclude each other")
+    mode = "skip" if skip_existing else "replace" if replace else "error"
+    with open_service(db) as sid:
+        res = sid.restore(directory, on_conflict=mode)
+    if json_out:
+        emit_json(res.to_dict())
+        return
+    typer.echo(
+        f"imported {res.speakers} speaker(s), {res.utterances} embedding(s) "
+        f"(model {res.model}) from {res.directory}"
+    )
+    if res.skipped:
+        typer.echo(f"kept {len(res.skipped)} existing speaker(s): {', '.join(res.skipped)}")
+    if res.replaced:
+        typer.echo(f"replaced {len(res.replaced)} speaker(s): {', '.join(res.replaced)}")
+    if not res.thresholds_restored:
+        typer.echo("kept the registry's thresholds (it already had speakers)")
 
 
 def _report(rep, json_out: bool) -> None:

@@ -4,7 +4,8 @@ Every write runs under the registry's file lock in one database transaction that
 registry's ``generation``; only after the commit is the index updated and saved with the new
 generation. A crash between the two leaves an index whose generation is behind the database's,
 which the next reader detects and rebuilds. Index maintenance and search live in
-``cache.py`` (mixed in), the blob format in ``vectors.py``.
+``cache.py`` (mixed in), whole-registry snapshot/restore for backups in ``snapshot.py`` (mixed
+in), the blob format in ``vectors.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .cache import IndexedSearch
 from .database import FileLock, open_engine
 from .index import VectorIndex, choose_kind
 from .schema import RegistryRow, Speaker, Utterance, utcnow
+from .snapshot import Snapshots
 from .vectors import from_blob, to_blob, unit
 
 log = logging.getLogger("speakerid")
@@ -62,7 +64,7 @@ def check_name(name: str) -> str:
     return clean
 
 
-class Registry(IndexedSearch):
+class Registry(IndexedSearch, Snapshots):
     """Speakers and their embeddings in one SQLite file, searchable through FAISS."""
 
     def __init__(self, path: str | Path, index_kind: str = "auto", create: bool = True) -> None:
@@ -221,18 +223,6 @@ class Registry(IndexedSearch):
             else np.zeros((0, dim), np.float32)
         )
         return ids, vecs, [r[2] for r in rows]
-
-    def export_rows(self) -> list[tuple[str, str | None, list[tuple]]]:
-        """Every speaker with metadata and (embedding, source, duration, sha256) utterances."""
-        with self.Session() as s:
-            out = []
-            for spk in s.scalars(select(Speaker).order_by(Speaker.name)):
-                utts = [
-                    (from_blob(u.embedding).copy(), u.source, u.duration, u.audio_sha256)
-                    for u in sorted(spk.utterances, key=lambda u: u.id)
-                ]
-                out.append((spk.name, spk.meta, utts))
-            return out
 
     # --- writes ----------------------------------------------------------------------------
     def enroll(
