@@ -1,6 +1,10 @@
-"""Audio loading: any file or bytes soundfile can decode → mono float32 at 16 kHz in [-1, 1].
+"""Audio loading: any file or bytes we can decode → mono float32 at 16 kHz in [-1, 1].
 
-Rules (documented in the README):
+Decoders: libsndfile first (WAV/FLAC/OGG/Opus/MP3, exact and fast), then FFmpeg through PyAV for
+everything else phones and browsers record (m4a/AAC, WebM/Opus, MP4, Matroska, WMA, ...). PyAV
+is imported only when libsndfile cannot read the data.
+
+Rules (documented in the README), the same for both decoders:
 - integer PCM is scaled by its full-scale value (int16 / 32768), exactly as the official pipeline;
 - multi-channel audio is downmixed by averaging the channels (no channel selection);
 - any other sample rate is resampled to 16 kHz with ``torchaudio.functional.resample``
@@ -15,7 +19,8 @@ import hashlib
 import io
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -40,8 +45,27 @@ MIN_SECONDS = 0.5
 #: Peak amplitude below which audio counts as silent (-80 dBFS, about 3 LSB of 16-bit PCM).
 SILENCE_PEAK = 1e-4
 
-AudioSource = Union[str, os.PathLike, bytes]
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif"}
+#: File suffixes that folder scans (enroll-dir, identify DIR, evaluate, train) treat as audio.
+AUDIO_EXTENSIONS = {
+    # libsndfile
+    ".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif",
+    # FFmpeg (PyAV): phones, browsers (MediaRecorder), video containers
+    ".m4a", ".m4b", ".aac", ".mp4", ".3gp", ".webm", ".weba", ".mka", ".mkv", ".wma", ".amr",
+    ".caf",
+}  # fmt: skip
+#: Samples per full scale of FFmpeg's integer sample formats (planar or packed).
+_INT_FULL_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
+
+
+@dataclass(frozen=True)
+class AudioBytes:
+    """Encoded audio held in memory under a display name (e.g. ``"-"`` for standard input)."""
+
+    data: bytes = field(repr=False)
+    name: str = "<bytes>"
+
+
+AudioSource = Union[str, os.PathLike, bytes, AudioBytes]
 
 
 @dataclass(frozen=True)
@@ -63,7 +87,18 @@ class AudioClip:
         return len(self.samples) / SAMPLE_RATE
 
 
+def source_name(source: AudioSource) -> str:
+    """How errors and results name a source: its path, ``AudioBytes.name`` or ``<bytes>``."""
+    if isinstance(source, AudioBytes):
+        return source.name
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return str(source)
+
+
 def _read_bytes(source: AudioSource) -> tuple[bytes, str]:
+    if isinstance(source, AudioBytes):
+        return bytes(source.data), source.name
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), "<bytes>"
     path = Path(source)
@@ -79,9 +114,19 @@ def _read_bytes(source: AudioSource) -> tuple[bytes, str]:
 
 
 def decode(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, int, int]:
-    """Decode encoded audio bytes to float32 ``[frames, channels]``, sample rate, channels."""
+    """Decode encoded audio bytes to float32 ``[frames, channels]``, sample rate, channels.
+
+    libsndfile first; whatever it cannot read goes to FFmpeg (PyAV).
+    """
     if not data:
         raise EmptyAudioError(f"{name}: file is empty (0 bytes)")
+    try:
+        return _decode_sndfile(data, name)
+    except AudioDecodeError as sf_error:
+        return _decode_ffmpeg(data, name, sf_error)
+
+
+def _decode_sndfile(data: bytes, name: str) -> tuple[np.ndarray, int, int]:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             rate, channels, subtype = f.samplerate, f.channels, f.subtype
@@ -95,6 +140,60 @@ def decode(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, int, int]:
         raise AudioDecodeError(f"{name}: not a readable audio file ({detail})") from None
     except (RuntimeError, ValueError, TypeError, EOFError) as exc:
         raise AudioDecodeError(f"{name}: corrupt or unsupported audio ({exc})") from None
+    return samples, rate, channels
+
+
+def _frame_samples(frame) -> np.ndarray:
+    """One decoded FFmpeg frame as float32 ``[frames, channels]``, integers scaled like sndfile."""
+    channels = frame.layout.nb_channels
+    raw = frame.to_ndarray()  # planar: [channels, n]; packed: [1, n * channels]
+    x = raw.T if frame.format.is_planar else raw.reshape(-1, channels)
+    kind = frame.format.name.rstrip("p")
+    if kind == "u8":
+        return (x.astype(np.float32) - 128.0) / 128.0
+    if kind in _INT_FULL_SCALE:
+        return (x.astype(np.float64) / _INT_FULL_SCALE[kind]).astype(np.float32)
+    return x.astype(np.float32, copy=False)
+
+
+def _decode_ffmpeg(
+    data: bytes, name: str, sf_error: AudioDecodeError
+) -> tuple[np.ndarray, int, int]:
+    """Decode the first audio stream with FFmpeg (m4a/AAC, WebM/Opus, ...), from memory."""
+    import av  # lazy: only for what libsndfile cannot read
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.FFmpegError, OSError, ValueError):
+        raise sf_error from None  # neither decoder knows it: keep libsndfile's message
+    with container:
+        fmt = container.format.name.split(",")[0]
+        if not container.streams.audio:
+            raise AudioDecodeError(f"{name}: no audio stream in this {fmt} file")
+        stream = container.streams.audio[0]
+        parts: list[np.ndarray] = []
+        rate = channels = 0
+        try:
+            for frame in container.decode(stream):
+                if parts and (frame.sample_rate, frame.layout.nb_channels) != (rate, channels):
+                    raise AudioDecodeError(
+                        f"{name}: sample rate or channel count changes inside the stream"
+                    )
+                rate, channels = frame.sample_rate, frame.layout.nb_channels
+                parts.append(_frame_samples(frame))
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            detail = getattr(exc, "strerror", None) or str(exc)
+            raise AudioDecodeError(
+                f"{name}: corrupt or unsupported audio ({fmt}: {detail})"
+            ) from None
+        if not parts:
+            raise EmptyAudioError(f"{name}: audio contains no samples")
+        samples = np.concatenate(parts)
+        if fmt == "mov" and stream.duration and stream.time_base:
+            # MP4/M4A state the exact length; AAC's last frame is padded beyond it.
+            exact = round(float(stream.duration * stream.time_base) * rate)
+            if 0 < exact < len(samples):
+                samples = samples[:exact]
     return samples, rate, channels
 
 
@@ -144,6 +243,42 @@ def load_audio(source: AudioSource, min_seconds: float = MIN_SECONDS) -> AudioCl
     return AudioClip(np.ascontiguousarray(mono, dtype=np.float32), name, rate, channels, digest)
 
 
+def audio_files(root: Path) -> list[Path]:
+    """Audio files under ``root`` (recursive, by suffix, sorted)."""
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+    )
+
+
+def expand_sources(
+    items: Sequence[str | os.PathLike], read_stdin: Callable[[], bytes] | None = None
+) -> list[AudioSource]:
+    """Command-line inputs as sources: a directory gives the audio files under it (recursive,
+    sorted), ``"-"`` the bytes of standard input (named ``"-"``, at most once); anything else
+    stays a path, so that a missing file is reported for that file only."""
+    from .errors import InvalidInputError
+
+    if sum(str(i) == "-" for i in items) > 1:
+        raise InvalidInputError("'-' (standard input) can be given only once")
+    out: list[AudioSource] = []
+    for item in items:
+        if str(item) == "-":
+            if read_stdin is None:
+                raise InvalidInputError("'-' (standard input) is not available here")
+            out.append(AudioBytes(read_stdin(), "-"))
+        elif Path(item).is_dir():
+            found = audio_files(Path(item))
+            if not found:
+                raise InvalidInputError(
+                    f"{item}: no audio files in this directory "
+                    f"({', '.join(sorted(AUDIO_EXTENSIONS))})"
+                )
+            out.extend(found)
+        else:
+            out.append(Path(item))
+    return out
+
+
 def speaker_folders(root: Path) -> dict[str, list[Path]]:
     """``{speaker: sorted audio files}`` for each sub-folder of ``root`` that holds audio."""
     from .errors import InvalidInputError
@@ -152,7 +287,7 @@ def speaker_folders(root: Path) -> dict[str, list[Path]]:
         raise InvalidInputError(f"{root}: not a directory")
     out = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        files = audio_files(d)
         if files:
             out[d.name] = files
     return out

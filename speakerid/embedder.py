@@ -25,7 +25,7 @@ import torch
 from . import weights
 from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
 from .config import check_backend, default_backend, default_device, default_model
-from .errors import DeviceError
+from .errors import AudioError, DeviceError
 from .features import fbank, fbank_batch
 from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
 
@@ -140,12 +140,16 @@ class Embedder:
         return self.model(batch.to(self.device), lens).float().cpu().numpy()
 
     def embed_features(
-        self, feats: Sequence[torch.Tensor], batch_size: int | None = None
+        self,
+        feats: Sequence[torch.Tensor],
+        batch_size: int | None = None,
+        on_batch: Callable[[list[int]], None] | None = None,
     ) -> np.ndarray:
         """Raw (unnormalized) embeddings of fbank matrices.
 
         Sorted by length and batched with at most ``MAX_PADDING`` extra frames; padded frames
         are masked inside the network, so results equal one-at-a-time inference.
+        ``on_batch(indices)`` is told which rows are done after each network call.
         """
         batch_size = batch_size or self.batch_size
         out = np.zeros((len(feats), self.dim), dtype=np.float32)
@@ -155,6 +159,8 @@ class Embedder:
         def flush() -> None:
             if group:
                 out[group] = self._forward([feats[i] for i in group])
+                if on_batch:
+                    on_batch(list(group))
                 group.clear()
 
         for i in order:
@@ -187,8 +193,19 @@ class Embedder:
         pieces: list[torch.Tensor],
         owner: np.ndarray,
         batch_size: int | None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> list[Embedding]:
-        raw = normalize(self.embed_features(pieces, batch_size))
+        on_batch = None
+        if on_progress:
+            left = np.bincount(owner, minlength=len(clips))  # segments still to embed, per clip
+
+            def on_batch(rows: list[int]) -> None:
+                for clip in owner[rows]:
+                    left[clip] -= 1
+                    if left[clip] == 0:
+                        on_progress(1)
+
+        raw = normalize(self.embed_features(pieces, batch_size, on_batch))
         results = []
         for i, clip in enumerate(clips):
             vec = raw[owner == i]
@@ -214,30 +231,48 @@ class Embedder:
         batch_size: int | None = None,
         chunk: int = 64,
         on_progress: Callable[[int], None] | None = None,
-    ) -> list[Embedding]:
+        collect_errors: bool = False,
+    ) -> list[Embedding | AudioError]:
         """Embeddings of many inputs in order.
 
         Works in chunks of ``chunk`` files (bounded memory); a background thread decodes the
-        next chunk while the network runs on the current one.
+        next chunk while the network runs on the current one. ``on_progress(1)`` is called once
+        per input, as soon as it is done. With ``collect_errors``, an input that cannot be
+        decoded yields its ``AudioError`` in its place and the others are still embedded;
+        otherwise the first such error is raised.
         """
         items = list(sources)
         chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
 
-        def decode(part: list) -> list[AudioClip]:
+        def decode(part: list) -> list[AudioClip | AudioError]:
             # Decoding only: torch ops (fbank) stay on this thread, because a second thread
             # running torch ops brings a second OpenMP team that spins against the compute
             # threads (measured 1.5x slower on 2 cores).
-            return [s if isinstance(s, AudioClip) else load_audio(s) for s in part]
+            out: list[AudioClip | AudioError] = []
+            for s in part:
+                try:
+                    out.append(s if isinstance(s, AudioClip) else load_audio(s))
+                except AudioError as exc:
+                    if not collect_errors:
+                        raise
+                    out.append(exc.with_traceback(None))
+            return out
 
-        results: list[Embedding] = []
+        results: list[Embedding | AudioError] = []
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(decode, chunks[0]) if chunks else None
             for k in range(len(chunks)):
-                clips = pending.result()
+                decoded = pending.result()
                 if k + 1 < len(chunks):
                     pending = pool.submit(decode, chunks[k + 1])
-                pieces, owner = self._features(clips)
-                results.extend(self._finish(clips, pieces, owner, batch_size))
+                clips = [c for c in decoded if isinstance(c, AudioClip)]
                 if on_progress:
-                    on_progress(len(clips))
+                    for _ in range(len(decoded) - len(clips)):
+                        on_progress(1)  # a failed input is done too
+                embs = []
+                if clips:
+                    pieces, owner = self._features(clips)
+                    embs = self._finish(clips, pieces, owner, batch_size, on_progress)
+                done = iter(embs)
+                results.extend(c if isinstance(c, AudioError) else next(done) for c in decoded)
         return results

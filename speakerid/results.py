@@ -42,6 +42,17 @@ class IdentifyResult:
 
 
 @dataclass(frozen=True)
+class FileError:
+    """One input of a batch that could not be answered (bad audio); the others still were."""
+
+    file: str
+    error: str  # the one-line message, as the CLI prints it after "error: "
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "error": self.error}
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     speaker: str
     file: str

@@ -32,6 +32,7 @@ from .results import (
     Candidate,
     CompareResult,
     EnrollResult,
+    FileError,
     IdentifyResult,
     IndexReport,
     RegistryInfo,
@@ -344,15 +345,33 @@ class SpeakerID:
         threshold: float | None = None,
         on_progress: Progress | None = None,
         asnorm: bool = False,
-    ) -> list[IdentifyResult]:
+        fail_fast: bool = True,
+    ) -> list[IdentifyResult | FileError]:
+        """Identify many recordings, answers in input order; ``on_progress(1)`` per file.
+
+        ``fail_fast`` (default): the first file whose audio is bad raises its ``AudioError``.
+        Otherwise such a file gets a ``FileError`` in its place and the others are answered.
+        Errors about the call itself (top-k, threshold, empty registry) raise before any work.
+        """
         if top_k < 1:
             raise InvalidInputError("top-k must be at least 1")
         self.threshold(threshold, asnorm)  # validate before the costly part
         self._require_speakers()
-        embs = self._embed(files, on_progress)
-        return self.identify_embeddings(
-            np.stack([e.vector for e in embs]), top_k, threshold, [e.source for e in embs], asnorm
+        from .audio import source_name
+
+        files = list(files)
+        embs = self.embedder.embed_many(
+            files, on_progress=on_progress, collect_errors=not fail_fast
         )
+        good = [e for e in embs if not isinstance(e, AudioError)]
+        answers = iter([])
+        if good:
+            vectors, sources = np.stack([e.vector for e in good]), [e.source for e in good]
+            answers = iter(self.identify_embeddings(vectors, top_k, threshold, sources, asnorm))
+        return [
+            FileError(source_name(f), str(e)) if isinstance(e, AudioError) else next(answers)
+            for f, e in zip(files, embs)
+        ]
 
     def identify_embeddings(
         self,
@@ -412,6 +431,32 @@ class SpeakerID:
             cohort, names = self._cohort()
             score = float(registry_asnorm(cohort, names, [check_name(name)], emb.vector)[0])
         return VerifyResult(check_name(name), emb.source, score, t, score >= t)
+
+    def verify_many(
+        self,
+        name: str,
+        files: Sequence,
+        threshold: float | None = None,
+        asnorm: bool = False,
+        on_progress: Progress | None = None,
+        fail_fast: bool = True,
+    ) -> list[VerifyResult | FileError]:
+        """``verify`` for each file, in order; ``fail_fast`` as in ``identify_many``."""
+        from .audio import source_name
+
+        self.threshold(threshold, asnorm)  # bad threshold or unknown speaker: before any work
+        self.registry.voiceprint(name)
+        out: list[VerifyResult | FileError] = []
+        for f in files:
+            try:
+                out.append(self.verify(name, f, threshold=threshold, asnorm=asnorm))
+            except AudioError as exc:
+                if fail_fast:
+                    raise
+                out.append(FileError(source_name(f), str(exc)))
+            if on_progress:
+                on_progress(1)
+        return out
 
     def compare(self, a, b, threshold: float | None = None) -> CompareResult:
         """Same speaker in two recordings? Registry-free: nothing is created or written; an

@@ -1,7 +1,9 @@
 """Commands that embed audio: enroll, enroll-dir, identify, verify, compare.
 
 Exit codes: 0 success; verify/compare 1 when rejected; identify 1 when any file is unknown;
-2 for errors (bad input, unknown speaker, empty registry, model mismatch, ...).
+2 for errors (bad input, unknown speaker, empty registry, model mismatch, ...). identify and
+verify answer every file they can: a bad file gets its own error (JSON ``{"file", "error"}``,
+or an ``error:`` line on stderr) and the command exits 2 after answering the others.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import typer
 
 from ..errors import InvalidInputError
 from ..quality import MIN_SPEECH_SECONDS
+from ..results import FileError
 from .common import (
     AsnormOpt,
     DbOpt,
@@ -28,6 +31,31 @@ from .common import (
 )
 
 FilesArg = Annotated[list[Path], typer.Argument(help="Audio files (wav/flac/ogg/opus/mp3).")]
+InputsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Audio files (wav/flac/mp3/ogg/opus/m4a/webm/...), folders (their audio files, "
+        "recursively) or - for standard input."
+    ),
+]
+FailFastOpt = Annotated[
+    bool, typer.Option("--fail-fast", help="Stop at the first bad file (error, exit 2).")
+]
+
+
+def _inputs(files: list[Path]) -> list:
+    """Folders → their audio files, ``-`` → the bytes of standard input."""
+    from ..audio import expand_sources
+
+    return expand_sources(files, lambda: typer.get_binary_stream("stdin").read())
+
+
+def _report_error(r) -> bool:
+    """Print a per-file error on stderr (text mode); True if ``r`` was one."""
+    if isinstance(r, FileError):
+        typer.echo(f"error: {r.error}", err=True)
+        return True
+    return False
 
 
 def _metadata(pairs: list[str] | None) -> dict | None:
@@ -121,58 +149,94 @@ def enroll_dir(
 
 @handle_errors
 def identify(
-    files: FilesArg,
+    files: InputsArg,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Candidates to list.")] = 1,
     threshold: ThresholdOpt = None,
     asnorm: AsnormOpt = False,
+    fail_fast: FailFastOpt = False,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Who is speaking? Open-set: below the threshold the answer is 'unknown'."""
+    """Who is speaking? Open-set: below the threshold the answer is 'unknown'.
+
+    Exit 0 when every file is identified, 1 when any is unknown, 2 when any file failed.
+    """
+    sources = _inputs(files)
     with (
         open_service(db, model, device, json_mode=json_out) as sid,
-        progress_bar("identifying", len(files), show_progress(json_out)) as advance,
+        progress_bar("identifying", len(sources), show_progress(json_out)) as advance,
     ):
         results = sid.identify_many(
-            files, top_k=top_k, threshold=threshold, on_progress=advance, asnorm=asnorm
+            sources,
+            top_k=top_k,
+            threshold=threshold,
+            on_progress=advance,
+            asnorm=asnorm,
+            fail_fast=fail_fast,
         )
+    answered = [r for r in results if not isinstance(r, FileError)]
     if json_out:
         emit_json([r.to_dict() for r in results])
     else:
         for r in results:
-            others = ", ".join(f"{c.speaker} {c.score:.3f}" for c in r.candidates)
-            answer = r.speaker if r.accepted else "unknown"
-            typer.echo(f"{r.file}\t{answer}\t{r.score:.3f}\t[{others}]")
-    if not all(r.accepted for r in results):
+            if not _report_error(r):
+                others = ", ".join(f"{c.speaker} {c.score:.3f}" for c in r.candidates)
+                answer = r.speaker if r.accepted else "unknown"
+                typer.echo(f"{r.file}\t{answer}\t{r.score:.3f}\t[{others}]")
+    if len(answered) < len(results):
+        raise typer.Exit(2)
+    if not all(r.accepted for r in answered):
         raise typer.Exit(1)
 
 
 @handle_errors
 def verify(
     name: Annotated[str, typer.Argument(help="Claimed speaker.")],
-    file: Annotated[Path, typer.Argument(help="Audio file.")],
+    files: InputsArg,
     threshold: ThresholdOpt = None,
     asnorm: AsnormOpt = False,
+    fail_fast: FailFastOpt = False,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error."""
-    with open_service(db, model, device, json_mode=json_out) as sid:
-        r = sid.verify(name, file, threshold=threshold, asnorm=asnorm)
-    if json_out:
-        emit_json(r.to_dict())
-    else:
-        verdict = "accepted" if r.accepted else "rejected"
-        op = ">=" if r.accepted else "<"
-        typer.echo(
-            f"{verdict}: {r.file} vs {r.speaker}: score {r.score:.3f} {op} "
-            f"threshold {r.threshold:.3f}"
+    """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error.
+
+    One file gives one JSON object; several files (or a folder) an array, one entry per file,
+    and exit 2 if any file failed, else 1 if any was rejected.
+    """
+    single = len(files) == 1 and not files[0].is_dir()
+    sources = _inputs(files)
+    with (
+        open_service(db, model, device, json_mode=json_out) as sid,
+        progress_bar("verifying", len(sources), show_progress(json_out) and not single) as adv,
+    ):
+        results = sid.verify_many(
+            name,
+            sources,
+            threshold=threshold,
+            asnorm=asnorm,
+            on_progress=adv,
+            fail_fast=fail_fast or single,  # one file: its error is the command's error
         )
-    if not r.accepted:
+    answered = [r for r in results if not isinstance(r, FileError)]
+    if json_out:
+        emit_json(results[0].to_dict() if single else [r.to_dict() for r in results])
+    else:
+        for r in results:
+            if not _report_error(r):
+                verdict = "accepted" if r.accepted else "rejected"
+                op = ">=" if r.accepted else "<"
+                typer.echo(
+                    f"{verdict}: {r.file} vs {r.speaker}: score {r.score:.3f} {op} "
+                    f"threshold {r.threshold:.3f}"
+                )
+    if len(answered) < len(results):
+        raise typer.Exit(2)
+    if not all(r.accepted for r in answered):
         raise typer.Exit(1)
 
 
