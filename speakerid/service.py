@@ -18,12 +18,18 @@ import numpy as np
 
 from . import config
 from .errors import (
-    AudioError,
-    AudioQualityError,
     EmptyRegistryError,
     InvalidInputError,
     ModelMismatchError,
     SpeakerExistsError,
+)
+from .gates import (
+    REJECTED_SCORE,
+    check_min_speech,
+    gate_enrollment_files,
+    load_probes,
+    split_enrolled,
+    with_rejected,
 )
 from .quality import MIN_SPEECH_SECONDS
 from .registry.index import VectorIndex
@@ -146,41 +152,7 @@ class SpeakerID:
         self._bind()
         self.registry.set_threshold(config.parse_threshold(value, asnorm), source, asnorm)
 
-    # --- embedding helpers -----------------------------------------------------------------
-    def _embed(self, files: Sequence, on_progress: Progress | None = None):
-        from .audio import load_audio
-
-        clips = [load_audio(f) for f in files]  # validate everything before any work
-        return self.embedder.embed_many(clips, on_progress=on_progress)
-
     # --- enrollment --------------------------------------------------------------------------
-    def _prepare(
-        self, files: Sequence, vad: bool, force: bool, min_speech: float
-    ) -> tuple[list, list[str], list[dict]]:
-        """Load, quality-check and optionally VAD-trim enrollment audio (nothing written)."""
-        from .audio import AudioClip, load_audio
-        from .quality import measure, trim_silence
-
-        clips, warnings, report = [], [], []
-        for f in files:
-            clip = load_audio(f)
-            q = measure(clip.samples)
-            report.append({"file": clip.source, **q.to_dict()})
-            if q.speech_seconds < min_speech and not force:
-                raise AudioQualityError(
-                    f"{clip.source}: only {q.speech_seconds:.2f} s of speech (minimum "
-                    f"{min_speech:.2f} s); use --force to enroll it anyway"
-                )
-            warnings.extend(f"{clip.source}: {w}" for w in q.warnings())
-            if vad:
-                trimmed = trim_silence(clip.samples)
-                if len(trimmed) >= 0.5 * 16000:
-                    clip = AudioClip(
-                        trimmed, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
-                    )
-            clips.append(clip)
-        return clips, warnings, report
-
     def enroll(
         self,
         name: str,
@@ -205,7 +177,7 @@ class SpeakerID:
             raise SpeakerExistsError(
                 f"speaker {name!r} already exists; use --append to add utterances to it"
             )
-        clips, warnings, report = self._prepare(audio_files, vad, force, min_speech)
+        clips, warnings, report = gate_enrollment_files(audio_files, vad, force, min_speech)
         embs = self.embedder.embed_many(clips, on_progress=on_progress)
         self._bind()
         utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
@@ -218,32 +190,70 @@ class SpeakerID:
         append: bool = False,
         skip_errors: bool = False,
         on_progress: Progress | None = None,
+        force: bool = False,
+        vad: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> tuple[list[EnrollResult], list[str]]:
-        """Enroll every sub-folder of ``directory`` as one speaker, in one transaction."""
-        from .audio import load_audio, speaker_folders
+        """Enroll every sub-folder of ``directory`` as one speaker, in one transaction.
+
+        The same gates and report as ``enroll`` (per-file quality, warnings, ``force``,
+        ``min_speech``, ``vad``). Files whose bytes are already enrolled for that speaker are
+        skipped before they are decoded or embedded (re-runs are cheap) and listed in
+        ``skipped``. Unreadable or refused files fail the whole run unless ``skip_errors``,
+        which returns their messages as the second value instead.
+        """
+        from .audio import speaker_folders
 
         root = Path(directory)
-        plan = speaker_folders(root)
-        if not plan:
+        folders = speaker_folders(root)
+        if not folders:
             raise InvalidInputError(f"{root}: no speaker sub-folders with audio files")
+        plan = {check_name(n): files for n, files in folders.items()}
+        if len(plan) != len(folders):
+            raise InvalidInputError("the same speaker name appears twice in one enrollment")
+        min_speech = check_min_speech(min_speech)
+        if not append:  # fail before the costly embedding, as enroll does
+            for name in plan:
+                if self.registry.exists(name):
+                    raise SpeakerExistsError(
+                        f"speaker {name!r} already exists; use --append to add utterances to it"
+                    )
         errors: list[str] = []
+        todo, skipped = split_enrolled(self.registry, plan, errors if skip_errors else None)
+        reports, accepted = {}, {}
+        for name, files in todo.items():  # every file is checked before any is embedded
+            clips, warnings, quality = gate_enrollment_files(
+                files, vad, force, min_speech, errors if skip_errors else None
+            )
+            accepted[name] = [Path(c.source) for c in clips]  # decoded again below: bounded
+            reports[name] = (warnings, quality)  # memory, one speaker at a time
         items = []
-        for name, files in plan.items():
-            clips = []
-            for f in files:
-                try:
-                    clips.append(load_audio(f))
-                except AudioError as exc:
-                    if not skip_errors:
-                        raise
-                    errors.append(str(exc))
-            if clips:
+        for name, files in accepted.items():
+            left_out = len(todo[name]) + len(skipped[name]) - len(files)
+            if on_progress and left_out:
+                on_progress(left_out)
+            if files:
+                clips = gate_enrollment_files(files, vad, True, min_speech)[0]
                 embs = self.embedder.embed_many(clips, on_progress=on_progress)
-                items.append(
-                    (name, [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs])
+                utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
+                items.append((name, utts))
+        done = {}
+        if items:
+            self._bind()
+            done = {r.speaker: r for r in self.registry.enroll_many(items, append=append)}
+        results = []
+        for name in plan:
+            warnings, quality = reports[name]
+            if name in done:
+                r = done[name]
+                skips = skipped[name] + r.skipped
+                results.append(replace(r, skipped=skips, warnings=warnings, quality=quality))
+            elif skipped[name]:  # nothing new for this speaker
+                total = self.registry.speaker(name).utterances
+                results.append(
+                    EnrollResult(name, False, 0, skipped[name], total, warnings, quality)
                 )
-        self._bind()
-        return self.registry.enroll_many(items, append=append), errors
+        return results, errors
 
     def import_embeddings(
         self,
@@ -275,9 +285,15 @@ class SpeakerID:
         return self.registry.enroll_many(list(groups.items()), append=append)
 
     # --- queries -----------------------------------------------------------------------------
-    def identify(self, audio, top_k: int = 1, threshold: float | None = None) -> IdentifyResult:
+    def identify(
+        self,
+        audio,
+        top_k: int = 1,
+        threshold: float | None = None,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> IdentifyResult:
         """Who is speaking? Open-set: below the threshold the answer is unknown (None)."""
-        return self.identify_many([audio], top_k=top_k, threshold=threshold)[0]
+        return self.identify_many([audio], top_k, threshold, min_speech=min_speech)[0]
 
     def identify_many(
         self,
@@ -286,15 +302,29 @@ class SpeakerID:
         threshold: float | None = None,
         on_progress: Progress | None = None,
         asnorm: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> list[IdentifyResult]:
+        """Identify each file; a probe with less than ``min_speech`` s of speech gets no match
+        (speaker None, no candidates, ``reason`` "no speech: ...") and is never embedded."""
         if top_k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        self.threshold(threshold, asnorm)  # validate before the costly part
+        t, _ = self.threshold(threshold, asnorm)  # validate before the costly part
         self._require_speakers()
-        embs = self._embed(files, on_progress)
-        return self.identify_embeddings(
-            np.stack([e.vector for e in embs]), top_k, threshold, [e.source for e in embs], asnorm
-        )
+        clips, reasons = load_probes(files, min_speech)
+        kept = [c for c, r in zip(clips, reasons) if r is None]
+        found = []
+        if kept:
+            embs = self.embedder.embed_many(kept, on_progress=on_progress)
+            found = self.identify_embeddings(
+                np.stack([e.vector for e in embs]),
+                top_k,
+                threshold,
+                [e.source for e in embs],
+                asnorm,
+            )
+        if on_progress and len(kept) < len(clips):
+            on_progress(len(clips) - len(kept))
+        return with_rejected(found, clips, reasons, t)
 
     def identify_embeddings(
         self,
@@ -345,12 +375,24 @@ class SpeakerID:
         return out
 
     def verify(
-        self, name: str, audio, threshold: float | None = None, asnorm: bool = False
+        self,
+        name: str,
+        audio,
+        threshold: float | None = None,
+        asnorm: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> VerifyResult:
-        """Is this really ``name``? Cosine (or AS-Norm score) against the voiceprint."""
+        """Is this really ``name``? Cosine (or AS-Norm score) against the voiceprint.
+
+        A probe with less than ``min_speech`` s of speech is rejected unscored (``reason``)."""
         t, _ = self.threshold(threshold, asnorm)
         voiceprint = self.registry.voiceprint(name)  # unknown speaker fails before embedding
-        emb = self._embed([audio])[0]
+        clips, reasons = load_probes([audio], min_speech)
+        if reasons[0]:
+            return VerifyResult(
+                check_name(name), clips[0].source, REJECTED_SCORE, t, False, reasons[0]
+            )
+        emb = self.embedder.embed_many(clips)[0]
         score = _cosine(voiceprint, emb.vector)
         if asnorm:
             from .scoring import DEFAULT_TOP_N, cohort_stats
@@ -367,10 +409,17 @@ class SpeakerID:
             )
         return VerifyResult(check_name(name), emb.source, score, t, score >= t)
 
-    def compare(self, a, b, threshold: float | None = None) -> CompareResult:
-        """Same speaker in two recordings? (No registry entries involved.)"""
+    def compare(
+        self, a, b, threshold: float | None = None, min_speech: float = MIN_SPEECH_SECONDS
+    ) -> CompareResult:
+        """Same speaker in two recordings? (No registry entries involved.) Rejected unscored
+        (``reason``) when either has less than ``min_speech`` s of speech."""
         t, _ = self.threshold(threshold)
-        ea, eb = self._embed([a, b])
+        clips, reasons = load_probes([a, b], min_speech)
+        if any(reasons):
+            why = "; ".join(r for r in reasons if r)
+            return CompareResult(clips[0].source, clips[1].source, REJECTED_SCORE, t, False, why)
+        ea, eb = self.embedder.embed_many(clips)
         score = _cosine(ea.vector, eb.vector)
         return CompareResult(ea.source, eb.source, score, t, score >= t)
 
