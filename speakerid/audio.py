@@ -228,6 +228,12 @@ def validate(samples: np.ndarray, name: str, min_seconds: float = MIN_SECONDS) -
         raise SilentAudioError(f"{name}: audio is silent (peak below -80 dBFS)")
 
 
+def file_sha256(source: AudioSource) -> str:
+    """sha256 of the encoded bytes (what ``AudioClip.sha256`` holds), without decoding them."""
+    data, _ = _read_bytes(source)
+    return hashlib.sha256(data).hexdigest()
+
+
 def load_audio(source: AudioSource, min_seconds: float = MIN_SECONDS) -> AudioClip:
     """Load a file path or encoded bytes as validated 16 kHz mono float32."""
     data, name = _read_bytes(source)

@@ -86,6 +86,10 @@ class OnnxUnavailableError(ModelError):
     """The onnx backend was requested but its optional packages are not installed."""
 
 
+class VadUnavailableError(ModelError):
+    """The Silero VAD model (silero-vad package) or onnxruntime is not installed."""
+
+
 # --- registry ----------------------------------------------------------------------------
 class RegistryError(SpeakerIDError):
     """The speaker registry refused an operation."""

@@ -19,7 +19,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class IdentifyResult:
-    """Open-set answer: ``speaker`` is None when the best score is below ``threshold``."""
+    """Open-set answer: ``speaker`` is None when the best score is below ``threshold``.
+
+    ``reason`` is set when the probe was rejected without a match (e.g. "no speech: ..."):
+    then ``speaker`` is None, ``score`` -1.0 and ``candidates`` empty.
+    """
 
     file: str
     speaker: str | None
@@ -27,6 +31,7 @@ class IdentifyResult:
     accepted: bool
     threshold: float
     candidates: list[Candidate] = field(default_factory=list)
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +43,7 @@ class IdentifyResult:
             "candidates": [
                 {"speaker": c.speaker, "score": round(c.score, 6)} for c in self.candidates
             ],
+            "reason": self.reason,
         }
 
 
@@ -54,11 +60,14 @@ class FileError:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """``reason`` is set (and ``score`` -1.0) when the probe was rejected without scoring."""
+
     speaker: str
     file: str
     score: float
     threshold: float
     accepted: bool
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,11 +77,14 @@ class VerifyResult:
 
 @dataclass(frozen=True)
 class CompareResult:
+    """``reason`` is set (and ``score`` -1.0) when a file was rejected without scoring."""
+
     file1: str
     file2: str
     score: float
     threshold: float
     accepted: bool
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -18,12 +18,19 @@ import numpy as np
 from . import config
 from .errors import (
     AudioError,
-    AudioQualityError,
     EmptyRegistryError,
     InvalidInputError,
     ModelError,
     ModelNotInstalledError,
     SpeakerExistsError,
+)
+from .gates import (
+    REJECTED_SCORE,
+    check_min_speech,
+    gate_enrollment_files,
+    load_probes,
+    split_enrolled,
+    with_rejected,
 )
 from .quality import MIN_SPEECH_SECONDS
 from .registry.index import VectorIndex
@@ -202,41 +209,7 @@ class SpeakerID:
         stored = None if value is None else config.parse_threshold(value, asnorm)
         self.registry.set_threshold(stored, None if value is None else source, asnorm)
 
-    # --- embedding helpers -----------------------------------------------------------------
-    def _embed(self, files: Sequence, on_progress: Progress | None = None):
-        from .audio import load_audio
-
-        clips = [load_audio(f) for f in files]  # validate everything before any work
-        return self.embedder.embed_many(clips, on_progress=on_progress)
-
     # --- enrollment --------------------------------------------------------------------------
-    def _prepare(
-        self, files: Sequence, vad: bool, force: bool, min_speech: float
-    ) -> tuple[list, list[str], list[dict]]:
-        """Load, quality-check and optionally VAD-trim enrollment audio (nothing written)."""
-        from .audio import AudioClip, load_audio
-        from .quality import measure, trim_silence
-
-        clips, warnings, report = [], [], []
-        for f in files:
-            clip = load_audio(f)
-            q = measure(clip.samples)
-            report.append({"file": clip.source, **q.to_dict()})
-            if q.speech_seconds < min_speech and not force:
-                raise AudioQualityError(
-                    f"{clip.source}: only {q.speech_seconds:.2f} s of speech (minimum "
-                    f"{min_speech:.2f} s); use --force to enroll it anyway"
-                )
-            warnings.extend(f"{clip.source}: {w}" for w in q.warnings())
-            if vad:
-                trimmed = trim_silence(clip.samples)
-                if len(trimmed) >= 0.5 * 16000:
-                    clip = AudioClip(
-                        trimmed, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
-                    )
-            clips.append(clip)
-        return clips, warnings, report
-
     def enroll(
         self,
         name: str,
@@ -261,7 +234,7 @@ class SpeakerID:
             raise SpeakerExistsError(
                 f"speaker {name!r} already exists; use --append to add utterances to it"
             )
-        clips, warnings, report = self._prepare(audio_files, vad, force, min_speech)
+        clips, warnings, report = gate_enrollment_files(audio_files, vad, force, min_speech)
         embs = self.embedder.embed_many(clips, on_progress=on_progress)
         self._bind()
         utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
@@ -274,32 +247,72 @@ class SpeakerID:
         append: bool = False,
         skip_errors: bool = False,
         on_progress: Progress | None = None,
+        force: bool = False,
+        vad: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> tuple[list[EnrollResult], list[str]]:
-        """Enroll every sub-folder of ``directory`` as one speaker, in one transaction."""
-        from .audio import load_audio, speaker_folders
+        """Enroll every sub-folder of ``directory`` as one speaker, in one transaction.
+
+        The same gates and report as ``enroll`` (per-file quality, warnings, ``force``,
+        ``min_speech``, ``vad``). Files whose bytes are already enrolled for that speaker are
+        skipped before they are decoded or embedded (re-runs are cheap) and listed in
+        ``skipped``. Unreadable or refused files fail the whole run unless ``skip_errors``,
+        which returns their messages as the second value instead.
+        """
+        from .audio import speaker_folders
 
         root = Path(directory)
-        plan = speaker_folders(root)
-        if not plan:
+        folders = speaker_folders(root)
+        if not folders:
             raise InvalidInputError(f"{root}: no speaker sub-folders with audio files")
+        plan = {check_name(n): files for n, files in folders.items()}
+        if len(plan) != len(folders):
+            raise InvalidInputError("the same speaker name appears twice in one enrollment")
+        min_speech = check_min_speech(min_speech)
+        exists = self.path.is_file()  # a first enroll-dir creates the registry only at the end
+        if not append and exists:  # fail before the costly embedding, as enroll does
+            for name in plan:
+                if self.registry.exists(name):
+                    raise SpeakerExistsError(
+                        f"speaker {name!r} already exists; use --append to add utterances to it"
+                    )
         errors: list[str] = []
+        lookup = self.registry.enrolled_hashes if exists else (lambda hashes: {})
+        todo, skipped = split_enrolled(lookup, plan, errors if skip_errors else None)
+        reports, accepted = {}, {}
+        for name, files in todo.items():  # every file is checked before any is embedded
+            clips, warnings, quality = gate_enrollment_files(
+                files, vad, force, min_speech, errors if skip_errors else None
+            )
+            accepted[name] = [Path(c.source) for c in clips]  # decoded again below: bounded
+            reports[name] = (warnings, quality)  # memory, one speaker at a time
         items = []
-        for name, files in plan.items():
-            clips = []
-            for f in files:
-                try:
-                    clips.append(load_audio(f))
-                except AudioError as exc:
-                    if not skip_errors:
-                        raise
-                    errors.append(str(exc))
-            if clips:
+        for name, files in accepted.items():
+            left_out = len(todo[name]) + len(skipped[name]) - len(files)
+            if on_progress and left_out:
+                on_progress(left_out)
+            if files:
+                clips = gate_enrollment_files(files, vad, True, min_speech)[0]
                 embs = self.embedder.embed_many(clips, on_progress=on_progress)
-                items.append(
-                    (name, [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs])
+                utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
+                items.append((name, utts))
+        done = {}
+        if items:
+            self._bind()
+            done = {r.speaker: r for r in self.registry.enroll_many(items, append=append)}
+        results = []
+        for name in plan:
+            warnings, quality = reports[name]
+            if name in done:
+                r = done[name]
+                skips = skipped[name] + r.skipped
+                results.append(replace(r, skipped=skips, warnings=warnings, quality=quality))
+            elif skipped[name]:  # nothing new for this speaker
+                total = self.registry.speaker(name).utterances
+                results.append(
+                    EnrollResult(name, False, 0, skipped[name], total, warnings, quality)
                 )
-        self._bind()
-        return self.registry.enroll_many(items, append=append), errors
+        return results, errors
 
     def import_embeddings(
         self,
@@ -334,9 +347,15 @@ class SpeakerID:
         self._writable_registry().bind(ident.name, ident.ref, ident.sha256, dim)
 
     # --- queries -----------------------------------------------------------------------------
-    def identify(self, audio, top_k: int = 1, threshold: float | None = None) -> IdentifyResult:
+    def identify(
+        self,
+        audio,
+        top_k: int = 1,
+        threshold: float | None = None,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> IdentifyResult:
         """Who is speaking? Open-set: below the threshold the answer is unknown (None)."""
-        return self.identify_many([audio], top_k=top_k, threshold=threshold)[0]
+        return self.identify_many([audio], top_k, threshold, min_speech=min_speech)[0]
 
     def identify_many(
         self,
@@ -346,32 +365,42 @@ class SpeakerID:
         on_progress: Progress | None = None,
         asnorm: bool = False,
         fail_fast: bool = True,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> list[IdentifyResult | FileError]:
         """Identify many recordings, answers in input order; ``on_progress(1)`` per file.
 
-        ``fail_fast`` (default): the first file whose audio is bad raises its ``AudioError``.
-        Otherwise such a file gets a ``FileError`` in its place and the others are answered.
-        Errors about the call itself (top-k, threshold, empty registry) raise before any work.
+        A probe with less than ``min_speech`` s of speech gets no match (speaker None, no
+        candidates, ``reason`` "no speech: ...") and is never embedded. ``fail_fast``
+        (default): the first file whose audio is bad raises its ``AudioError``; otherwise such
+        a file gets a ``FileError`` in its place and the others are answered. Errors about the
+        call itself (top-k, threshold, empty registry) raise before any work.
         """
         if top_k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        self.threshold(threshold, asnorm)  # validate before the costly part
+        t, _ = self.threshold(threshold, asnorm)  # validate before the costly part
         self._require_speakers()
-        from .audio import source_name
-
+        min_speech = check_min_speech(min_speech)
         files = list(files)
-        embs = self.embedder.embed_many(
-            files, on_progress=on_progress, collect_errors=not fail_fast
-        )
-        good = [e for e in embs if not isinstance(e, AudioError)]
-        answers = iter([])
-        if good:
-            vectors, sources = np.stack([e.vector for e in good]), [e.source for e in good]
-            answers = iter(self.identify_embeddings(vectors, top_k, threshold, sources, asnorm))
-        return [
-            FileError(source_name(f), str(e)) if isinstance(e, AudioError) else next(answers)
-            for f, e in zip(files, embs)
-        ]
+        out: list[IdentifyResult | FileError] = []
+        for start in range(0, len(files), PROBE_CHUNK):  # bounded memory for large folders
+            items, reasons = load_probes(
+                files[start : start + PROBE_CHUNK], min_speech, fail_fast=fail_fast
+            )
+            kept = [c for c, r in zip(items, reasons) if r is None and not _failed(c)]
+            found = []
+            if kept:
+                embs = self.embedder.embed_many(kept, on_progress=on_progress)
+                found = self.identify_embeddings(
+                    np.stack([e.vector for e in embs]),
+                    top_k,
+                    threshold,
+                    [e.source for e in embs],
+                    asnorm,
+                )
+            for _ in range(len(items) - len(kept) if on_progress else 0):
+                on_progress(1)  # failed or rejected files count as done, one by one
+            out.extend(with_rejected(found, items, reasons, t))
+        return out
 
     def identify_embeddings(
         self,
@@ -418,12 +447,24 @@ class SpeakerID:
         return [sorted(row, key=lambda c: -c.score)[:top_k] for row in out]
 
     def verify(
-        self, name: str, audio, threshold: float | None = None, asnorm: bool = False
+        self,
+        name: str,
+        audio,
+        threshold: float | None = None,
+        asnorm: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> VerifyResult:
-        """Is this really ``name``? Cosine (or AS-Norm score) against the voiceprint."""
+        """Is this really ``name``? Cosine (or AS-Norm score) against the voiceprint.
+
+        A probe with less than ``min_speech`` s of speech is rejected unscored (``reason``)."""
         t, _ = self.threshold(threshold, asnorm)
         voiceprint = self.registry.voiceprint(name)  # unknown speaker fails before embedding
-        emb = self._embed([audio])[0]
+        clips, reasons = load_probes([audio], min_speech)
+        if reasons[0]:
+            return VerifyResult(
+                check_name(name), clips[0].source, REJECTED_SCORE, t, False, reasons[0]
+            )
+        emb = self.embedder.embed_many(clips)[0]
         score = _cosine(voiceprint, emb.vector)
         if asnorm:
             from .scoring import registry_asnorm
@@ -440,6 +481,7 @@ class SpeakerID:
         asnorm: bool = False,
         on_progress: Progress | None = None,
         fail_fast: bool = True,
+        min_speech: float = MIN_SPEECH_SECONDS,
     ) -> list[VerifyResult | FileError]:
         """``verify`` for each file, in order; ``fail_fast`` as in ``identify_many``."""
         from .audio import source_name
@@ -449,7 +491,7 @@ class SpeakerID:
         out: list[VerifyResult | FileError] = []
         for f in files:
             try:
-                out.append(self.verify(name, f, threshold=threshold, asnorm=asnorm))
+                out.append(self.verify(name, f, threshold, asnorm, min_speech))
             except AudioError as exc:
                 if fail_fast:
                     raise
@@ -458,12 +500,19 @@ class SpeakerID:
                 on_progress(1)
         return out
 
-    def compare(self, a, b, threshold: float | None = None) -> CompareResult:
+    def compare(
+        self, a, b, threshold: float | None = None, min_speech: float = MIN_SPEECH_SECONDS
+    ) -> CompareResult:
         """Same speaker in two recordings? Registry-free: nothing is created or written; an
-        existing registry only lends its model and threshold when no other model is asked for."""
+        existing registry only lends its model and threshold when no other model is asked for.
+        Rejected unscored (``reason``) when either has less than ``min_speech`` s of speech."""
         self.registry_free()
         t, _ = self.threshold(threshold)
-        ea, eb = self._embed([a, b])
+        clips, reasons = load_probes([a, b], min_speech)
+        if any(reasons):
+            why = "; ".join(r for r in reasons if r)
+            return CompareResult(clips[0].source, clips[1].source, REJECTED_SCORE, t, False, why)
+        ea, eb = self.embedder.embed_many(clips)
         score = _cosine(ea.vector, eb.vector)
         return CompareResult(ea.source, eb.source, score, t, score >= t)
 
@@ -525,6 +574,13 @@ class SpeakerID:
 
     def check_index(self) -> IndexReport:
         return self.registry.check_index()
+
+
+PROBE_CHUNK = 64
+
+
+def _failed(item) -> bool:
+    return isinstance(item, FileError)
 
 
 def _resolvable(ref: str) -> bool:

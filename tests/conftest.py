@@ -15,6 +15,16 @@ SHARED = Path(os.environ.get("SPEAKERID_SHARED", ROOT.parent / "shared"))
 FIXTURES = SHARED / "fixtures"
 DATASETS = SHARED / "datasets"
 TEST_MODEL = SHARED / "models" / "eres2netv2-m32-so762.pt"
+CLIPS = ROOT / "data" / "clips"
+#: Six real recordings of six different speakers (data/clips, 3.0-4.5 s, 2.3-3.5 s of speech).
+VOICE_CLIPS = [
+    "so0003/000030012.opus",
+    "so0044/000440021.opus",
+    "so0120/001200015.opus",
+    "so0094/000940012.opus",
+    "so0111/001110039.opus",
+    "so0113/001130005.opus",
+]
 
 needs_shared = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"shared test data not found at {SHARED}"
@@ -42,13 +52,59 @@ def wav_bytes(
 
 
 def speechlike(seconds: float, rate: int = 16000, seed: int = 0, f0: float = 140.0) -> np.ndarray:
-    """A voiced, amplitude-modulated harmonic signal (deterministic) at about -12 dBFS."""
+    """A voiced, amplitude-modulated harmonic signal (deterministic) at about -12 dBFS.
+
+    NOT speech for the Silero VAD (about 0-0.3 s of "speech"): use ``real_speech`` for anything
+    that must pass the speech gates."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
     sig = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in range(1, 12))
     env = 0.5 * (1 + np.sin(2 * np.pi * 3.0 * t))
     x = sig * env + 0.01 * rng.standard_normal(len(t))
     return (0.25 * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def real_speech(i: int = 0) -> np.ndarray:
+    """Recording ``VOICE_CLIPS[i]`` as float32 16 kHz mono samples (the clips are 16 kHz)."""
+    x, rate = sf.read(CLIPS / VOICE_CLIPS[i], dtype="float32")
+    assert rate == 16000 and x.ndim == 1
+    return x
+
+
+def white(seconds: float = 3.0, rms: float = 0.1, seed: int = 0) -> np.ndarray:
+    """White noise (default -20 dBFS RMS)."""
+    return (rms * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(
+        np.float32
+    )
+
+
+def pink(seconds: float = 3.0, rms: float = 0.1, seed: int = 0) -> np.ndarray:
+    """1/f noise (FFT-shaped white noise)."""
+    n = int(seconds * 16000)
+    spec = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    spec /= np.sqrt(np.maximum(np.arange(len(spec)), 1))
+    x = np.fft.irfft(spec, n)
+    return (rms * x / x.std()).astype(np.float32)
+
+
+def music(seconds: float = 3.0) -> np.ndarray:
+    """Synthetic piano-like chords (C, Am, F, G; 3 harmonics, plucked envelope), 0.5 s each."""
+    n, step = int(seconds * 16000), 8000
+    chords = [(261.6, 329.6, 392.0), (220.0, 261.6, 329.6), (174.6, 220.0, 261.6), (196.0, 246.9)]
+    out = np.zeros(n)
+    for i in range(0, n, step):
+        t = np.arange(min(step, n - i)) / 16000
+        env = np.exp(-3 * t) * (1 - np.exp(-200 * t))
+        notes = chords[(i // step) % 4]
+        out[i : i + len(t)] = env * sum(
+            np.sin(2 * np.pi * f * h * t) / h for f in notes for h in (1, 2, 3)
+        )
+    return (0.3 * out / np.abs(out).max()).astype(np.float32)
+
+
+def noise_floor(seconds: float = 3.0) -> np.ndarray:
+    """Near-silence: white noise at -60 dBFS RMS (above the -80 dBFS 'silent audio' refusal)."""
+    return white(seconds, rms=1e-3, seed=5)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +153,5 @@ def sid(tmp_path, tiny_ckpt):
 
 @pytest.fixture
 def voices(write_wav):
-    """Distinct synthetic recordings (seeded) as WAV files."""
-    return [
-        write_wav(f"v{i}.wav", speechlike(1.5 + 0.1 * i, seed=i, f0=100 + 15 * i)) for i in range(6)
-    ]
+    """Six real recordings of six different speakers (``VOICE_CLIPS``) as 16-bit WAV files."""
+    return [write_wav(f"v{i}.wav", real_speech(i)) for i in range(len(VOICE_CLIPS))]

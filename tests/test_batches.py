@@ -136,7 +136,9 @@ def test_verify_many_files_gives_an_array_and_exit_codes(cli, speech):
         (str(speech["a1"]), "A", True),
         (str(speech["c1"]), "A", False),
     ]
-    assert all(set(v) == {"speaker", "file", "score", "threshold", "accepted"} for v in rows)
+    assert all(
+        set(v) == {"speaker", "file", "score", "threshold", "accepted", "reason"} for v in rows
+    )
     r = cli("verify", "A", speech["a1"], speech["bad"], speech["c1"], "--json", "-t", "-1")
     assert r.exit_code == 2  # failed beats rejected / accepted
     rows = json.loads(r.stdout)

@@ -12,7 +12,7 @@ from speakerid.registry.schema import SCHEMA_REVISION
 from speakerid.registry.store import Registry
 from speakerid.service import SpeakerID
 
-from .conftest import unit_rows
+from .conftest import real_speech, unit_rows
 
 
 def _state(sid):
@@ -25,7 +25,7 @@ def test_enroll_list_show_and_append(sid, voices):
     assert [(s.name, s.utterances) for s in sid.list()] == [("alice", 2)]
     info = sid.show("alice")
     assert [u.source for u in info.details] == [str(v) for v in voices[:2]]
-    assert info.details[0].duration == pytest.approx(1.5)
+    assert info.details[0].duration == pytest.approx(len(real_speech(0)) / 16000)  # 3.36 s
     with pytest.raises(errors.SpeakerExistsError, match="use --append"):
         sid.enroll("alice", [voices[2]])
     res = sid.enroll("alice", [voices[2], voices[0]], append=True)  # voices[0] is a re-enroll

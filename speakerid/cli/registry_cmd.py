@@ -1,9 +1,10 @@
 """Commands that embed audio: enroll, enroll-dir, identify, verify, compare.
 
-Exit codes: 0 success; verify/compare 1 when rejected; identify 1 when any file is unknown;
-2 for errors (bad input, unknown speaker, empty registry, model mismatch, ...). identify and
-verify answer every file they can: a bad file gets its own error (JSON ``{"file", "error"}``,
-or an ``error:`` line on stderr) and the command exits 2 after answering the others.
+Exit codes: 0 success; verify/compare 1 when rejected (a probe without enough speech is rejected
+with its reason); identify 1 when any file is unknown; 2 for errors (bad input, unknown speaker,
+empty registry, model mismatch, ...). identify and verify answer every file they can: a bad file
+gets its own error (JSON ``{"file", "error"}``, or an ``error:`` line on stderr) and the command
+exits 2 after answering the others.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def _report_error(r) -> bool:
         typer.echo(f"error: {r.error}", err=True)
         return True
     return False
+ForceOpt = Annotated[bool, typer.Option("--force", help="Enroll despite too little speech.")]
+VadOpt = Annotated[bool, typer.Option("--vad", help="Trim silence before embedding.")]
+MinSpeechOpt = Annotated[
+    float, typer.Option("--min-speech", help="Minimum net speech (s); 0 disables the check.")
+]
 
 
 def _metadata(pairs: list[str] | None) -> dict | None:
@@ -76,13 +82,9 @@ def enroll(
     files: FilesArg,
     append: Annotated[bool, typer.Option("--append", help="Add to an existing speaker.")] = False,
     meta: Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE metadata.")] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Enroll despite too little speech.")
-    ] = False,
-    vad: Annotated[bool, typer.Option("--vad", help="Trim silence before embedding.")] = False,
-    min_speech: Annotated[
-        float, typer.Option("--min-speech", help="Minimum net speech (s).")
-    ] = MIN_SPEECH_SECONDS,
+    force: ForceOpt = False,
+    vad: VadOpt = False,
+    min_speech: MinSpeechOpt = MIN_SPEECH_SECONDS,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -119,30 +121,46 @@ def enroll_dir(
     directory: Annotated[Path, typer.Argument(help="One sub-folder of audio per speaker.")],
     append: Annotated[bool, typer.Option("--append", help="Add to existing speakers.")] = False,
     skip_errors: Annotated[
-        bool, typer.Option("--skip-errors", help="Skip unreadable files instead of failing.")
+        bool,
+        typer.Option(
+            "--skip-errors", help="Skip unreadable or refused files (reported) instead of failing."
+        ),
     ] = False,
+    force: ForceOpt = False,
+    vad: VadOpt = False,
+    min_speech: MinSpeechOpt = MIN_SPEECH_SECONDS,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Enroll every sub-folder of DIRECTORY as a speaker, in one transaction."""
+    """Enroll every sub-folder of DIRECTORY as a speaker, in one transaction.
+
+    Same checks as enroll; files already enrolled are skipped without being embedded again."""
     total = sum(1 for _ in directory.rglob("*") if _.is_file()) if directory.is_dir() else 0
     with (
         open_service(db, model, device, json_mode=json_out) as sid,
         progress_bar("embedding", total, show_progress(json_out)) as advance,
     ):
         results, errors = sid.enroll_dir(
-            directory, append=append, skip_errors=skip_errors, on_progress=advance
+            directory,
+            append=append,
+            skip_errors=skip_errors,
+            on_progress=advance,
+            force=force,
+            vad=vad,
+            min_speech=min_speech,
         )
+    for w in (w for r in results for w in r.warnings):
+        typer.echo(f"warning: {w}", err=True)
     if json_out:
         emit_json({"speakers": [r.to_dict() for r in results], "errors": errors})
         return
     for r in results:
-        typer.echo(
-            f"{'enrolled' if r.created else 'updated'} {r.speaker}: {r.added} new, "
-            f"{r.utterances} utterances in total"
-        )
+        verb = "enrolled" if r.created else "updated" if r.added else "unchanged"
+        typer.echo(f"{verb} {r.speaker}: {r.added} new, {r.utterances} utterances in total")
+        for s in r.skipped:
+            typer.echo(f"skipped {s} (already enrolled)")
     for e in errors:
         typer.echo(f"skipped: {e}", err=True)
 
@@ -154,12 +172,13 @@ def identify(
     threshold: ThresholdOpt = None,
     asnorm: AsnormOpt = False,
     fail_fast: FailFastOpt = False,
+    min_speech: MinSpeechOpt = MIN_SPEECH_SECONDS,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Who is speaking? Open-set: below the threshold the answer is 'unknown'.
+    """Who is speaking? Open-set: below the threshold, or without speech, 'unknown'.
 
     Exit 0 when every file is identified, 1 when any is unknown, 2 when any file failed.
     """
@@ -175,16 +194,21 @@ def identify(
             on_progress=advance,
             asnorm=asnorm,
             fail_fast=fail_fast,
+            min_speech=min_speech,
         )
     answered = [r for r in results if not isinstance(r, FileError)]
     if json_out:
         emit_json([r.to_dict() for r in results])
     else:
         for r in results:
-            if not _report_error(r):
-                others = ", ".join(f"{c.speaker} {c.score:.3f}" for c in r.candidates)
-                answer = r.speaker if r.accepted else "unknown"
-                typer.echo(f"{r.file}\t{answer}\t{r.score:.3f}\t[{others}]")
+            if _report_error(r):
+                continue
+            if r.reason:
+                typer.echo(f"{r.file}\tunknown\t({r.reason})")
+                continue
+            others = ", ".join(f"{c.speaker} {c.score:.3f}" for c in r.candidates)
+            answer = r.speaker if r.accepted else "unknown"
+            typer.echo(f"{r.file}\t{answer}\t{r.score:.3f}\t[{others}]")
     if len(answered) < len(results):
         raise typer.Exit(2)
     if not all(r.accepted for r in answered):
@@ -198,6 +222,7 @@ def verify(
     threshold: ThresholdOpt = None,
     asnorm: AsnormOpt = False,
     fail_fast: FailFastOpt = False,
+    min_speech: MinSpeechOpt = MIN_SPEECH_SECONDS,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -221,19 +246,24 @@ def verify(
             asnorm=asnorm,
             on_progress=adv,
             fail_fast=fail_fast or single,  # one file: its error is the command's error
+            min_speech=min_speech,
         )
     answered = [r for r in results if not isinstance(r, FileError)]
     if json_out:
         emit_json(results[0].to_dict() if single else [r.to_dict() for r in results])
     else:
         for r in results:
-            if not _report_error(r):
-                verdict = "accepted" if r.accepted else "rejected"
-                op = ">=" if r.accepted else "<"
-                typer.echo(
-                    f"{verdict}: {r.file} vs {r.speaker}: score {r.score:.3f} {op} "
-                    f"threshold {r.threshold:.3f}"
-                )
+            if _report_error(r):
+                continue
+            if r.reason:
+                typer.echo(f"rejected: {r.file} vs {r.speaker}: {r.reason}")
+                continue
+            verdict = "accepted" if r.accepted else "rejected"
+            op = ">=" if r.accepted else "<"
+            typer.echo(
+                f"{verdict}: {r.file} vs {r.speaker}: score {r.score:.3f} {op} "
+                f"threshold {r.threshold:.3f}"
+            )
     if len(answered) < len(results):
         raise typer.Exit(2)
     if not all(r.accepted for r in answered):
@@ -245,6 +275,7 @@ def compare(
     file1: Annotated[Path, typer.Argument(help="First audio file.")],
     file2: Annotated[Path, typer.Argument(help="Second audio file.")],
     threshold: ThresholdOpt = None,
+    min_speech: MinSpeechOpt = MIN_SPEECH_SECONDS,
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -252,9 +283,11 @@ def compare(
 ) -> None:
     """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1."""
     with open_service(db, model, device, json_mode=json_out) as sid:
-        r = sid.compare(file1, file2, threshold=threshold)
+        r = sid.compare(file1, file2, threshold=threshold, min_speech=min_speech)
     if json_out:
         emit_json(r.to_dict())
+    elif r.reason:
+        typer.echo(f"rejected: {r.reason}")
     else:
         verdict = "same speaker" if r.accepted else "different speakers"
         typer.echo(f"{verdict}: score {r.score:.3f} (threshold {r.threshold:.3f})")

@@ -224,6 +224,23 @@ class Registry(IndexedSearch, Snapshots):
         )
         return ids, vecs, [r[2] for r in rows]
 
+    def enrolled_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
+        """``{sha256: speaker}`` for those of ``hashes`` (audio file digests) already enrolled.
+
+        Lets bulk enrollment skip known files before the costly embedding (indexed lookup).
+        """
+        wanted = list(dict.fromkeys(h for h in hashes if h))
+        found: dict[str, str] = {}
+        with self.Session() as s:
+            for i in range(0, len(wanted), 900):
+                rows = s.execute(
+                    select(Utterance.audio_sha256, Speaker.name)
+                    .join(Speaker)
+                    .where(Utterance.audio_sha256.in_(wanted[i : i + 900]))
+                ).all()
+                found.update({h: n for h, n in rows})
+        return found
+
     # --- writes ----------------------------------------------------------------------------
     def enroll(
         self,

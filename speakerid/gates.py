@@ -1,0 +1,175 @@
+"""Speech gates of the service: what audio is good enough to enroll, and to be scored at all.
+
+One rule for both sides, on net speech measured by the Silero VAD (``speakerid.vad``):
+- an enrollment file with less than ``min_speech`` seconds of speech is refused (``force``
+  overrides), clipping and low SNR give warnings (``enrollment_gate``);
+- a probe (``verify``, ``identify``, ``compare``) with less than ``min_speech`` seconds is
+  rejected without a match, with a reason that starts with "no speech" (``probe_rejection``):
+  noise, music and silence embed to vectors that can land close to a voiceprint, so they must
+  never be scored.
+Bulk enrollment also skips files already enrolled before decoding them (``split_enrolled``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .audio import MIN_SECONDS, SAMPLE_RATE, AudioClip, file_sha256, load_audio, source_name
+from .errors import AudioError, AudioQualityError, DuplicateEnrollmentError, InvalidInputError
+from .results import FileError, IdentifyResult
+
+#: Score reported for a probe rejected without scoring (the lowest cosine).
+REJECTED_SCORE = -1.0
+
+
+def check_min_speech(value: float) -> float:
+    """A minimum-speech argument: finite, 0 or more seconds (0 disables the gates)."""
+    value = float(value)
+    if not (np.isfinite(value) and value >= 0.0):
+        raise InvalidInputError(f"minimum speech must be 0 or more seconds, got {value}")
+    return value
+
+
+def probe_rejection(clip: AudioClip, min_speech: float) -> str | None:
+    """Why a probe gets no match (less speech than ``min_speech``), or None when it may be
+    scored. ``min_speech`` 0 disables the check (the VAD is then not run)."""
+    if min_speech <= 0:
+        return None
+    from .vad import speech_seconds
+
+    seconds = speech_seconds(clip.samples)
+    if seconds >= min_speech:
+        return None
+    return f"no speech: {seconds:.2f} s of speech in {clip.source} (minimum {min_speech:.2f} s)"
+
+
+def load_probes(
+    files: Sequence, min_speech: float, fail_fast: bool = True
+) -> tuple[list[AudioClip | FileError], list[str | None]]:
+    """Decode probes (all first, so a bad file fails before any work) and gate each one.
+
+    With ``fail_fast`` off, a file that cannot be decoded gets a ``FileError`` in its place
+    (and no reason) instead of raising."""
+    min_speech = check_min_speech(min_speech)
+    items: list[AudioClip | FileError] = []
+    for f in files:
+        try:
+            items.append(load_audio(f))
+        except AudioError as exc:
+            if fail_fast:
+                raise
+            items.append(FileError(source_name(f), str(exc)))
+    reasons = [
+        None if isinstance(c, FileError) else probe_rejection(c, min_speech) for c in items
+    ]
+    return items, reasons
+
+
+def with_rejected(
+    found: list[IdentifyResult],
+    clips: Sequence[AudioClip | FileError],
+    reasons: Sequence[str | None],
+    threshold: float,
+) -> list[IdentifyResult | FileError]:
+    """Identification results in input order: ``found`` for the scored probes, and an answer
+    without a match (speaker None, no candidates, ``reason``) for each rejected one."""
+    scored = iter(found)
+    out: list[IdentifyResult | FileError] = []
+    for c, why in zip(clips, reasons):
+        if isinstance(c, FileError):
+            out.append(c)
+        elif why is None:
+            out.append(next(scored))
+        else:
+            out.append(IdentifyResult(c.source, None, REJECTED_SCORE, False, threshold, [], why))
+    return out
+
+
+def enrollment_gate(
+    clip: AudioClip, vad: bool, force: bool, min_speech: float
+) -> tuple[AudioClip, list[str], dict]:
+    """Quality of one enrollment clip -> (clip, warnings, report row). Refuses too little
+    speech unless ``force``; with ``vad`` the clip is trimmed to its speech."""
+    from .quality import measure, trim_silence
+    from .vad import speech_probs
+
+    probs = speech_probs(clip.samples)  # run the network once for the gate and the trimming
+    q = measure(clip.samples, probs)
+    if q.speech_seconds < min_speech and not force:
+        raise AudioQualityError(
+            f"{clip.source}: only {q.speech_seconds:.2f} s of speech (minimum "
+            f"{min_speech:.2f} s); use --force to enroll it anyway"
+        )
+    row = {"file": clip.source, **q.to_dict()}
+    warnings = [f"{clip.source}: {w}" for w in q.warnings()]
+    if vad:
+        trimmed = trim_silence(clip.samples, probs)
+        if len(trimmed) >= MIN_SECONDS * SAMPLE_RATE:
+            clip = AudioClip(
+                trimmed, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
+            )
+    return clip, warnings, row
+
+
+def gate_enrollment_files(
+    files: Sequence,
+    vad: bool,
+    force: bool,
+    min_speech: float,
+    errors: list[str] | None = None,
+) -> tuple[list[AudioClip], list[str], list[dict]]:
+    """Load and gate enrollment files -> (clips, warnings, quality report). The first
+    unreadable or refused file raises, unless ``errors`` is given: then its message is
+    appended there and the file left out."""
+    min_speech = check_min_speech(min_speech)
+    clips, warnings, report = [], [], []
+    for f in files:
+        try:
+            clip, warns, row = enrollment_gate(load_audio(f), vad, force, min_speech)
+        except AudioError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+            continue
+        clips.append(clip)
+        warnings.extend(warns)
+        report.append(row)
+    return clips, warnings, report
+
+
+def split_enrolled(
+    enrolled_hashes: Callable[[list[str]], dict[str, str]],
+    plan: dict[str, list[Path]],
+    errors: list[str] | None = None,
+) -> tuple[dict[str, list[Path]], dict[str, list[str]]]:
+    """Split each speaker's files into new ones and ones whose bytes (sha256 of the file,
+    computed before decoding; ``enrolled_hashes`` maps digests to their speakers, e.g.
+    ``Registry.enrolled_hashes``) are already enrolled for that speaker, so re-runs never embed
+    them again. A file enrolled for another speaker is refused, as ``enroll`` refuses it. An
+    unreadable file raises, or with ``errors`` is reported there and left out."""
+    digests: dict[Path, str] = {}
+    for files in plan.values():
+        for f in files:
+            try:
+                digests[f] = file_sha256(f)
+            except AudioError as exc:
+                if errors is None:
+                    raise
+                errors.append(str(exc))
+    known = enrolled_hashes(list(digests.values()))
+    todo: dict[str, list[Path]] = {}
+    skipped: dict[str, list[str]] = {}
+    for name, files in plan.items():
+        todo[name], skipped[name] = [], []
+        for f in (f for f in files if f in digests):
+            owner = known.get(digests[f])
+            if owner is None:
+                todo[name].append(f)
+            elif owner == name:
+                skipped[name].append(str(f))
+            else:
+                raise DuplicateEnrollmentError(f"{f} is already enrolled for speaker {owner!r}")
+    return todo, skipped
