@@ -159,6 +159,7 @@ class RegistryInfo:
     threshold_source: str
     index_kind: str | None
     generation: int
+    backend: str = "sqlite"  # "sqlite" | "postgresql"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ from .errors import (
     SpeakerExistsError,
 )
 from .quality import MIN_SPEECH_SECONDS
+from .registry.database import DatabaseURL
 from .registry.index import VectorIndex
 from .registry.store import NewUtterance, Registry, check_name
 from .results import (
@@ -59,7 +60,9 @@ class SpeakerID:
         download_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         self._index_kind = index_kind or config.default_index_kind()
-        self.path = Path(db) if db else config.default_db_path()
+        #: Where the registry lives (a SQLite file or a PostgreSQL URL); ``path`` is the file.
+        self.location = DatabaseURL.parse(db if db else config.default_db())
+        self.path = self.location.path
         self._registry: Registry | None = None
         self._model = str(model) if model else None
         self._threshold = None if threshold is None else config.parse_threshold(threshold)
@@ -84,20 +87,24 @@ class SpeakerID:
         """The registry, opened on first use; reading a registry that does not exist is an
         error (``RegistryNotFoundError``), so read-only calls never create files."""
         if self._registry is None:
-            self._registry = Registry(self.path, self._index_kind, create=False)
+            self._registry = Registry(self.location, self._index_kind, create=False)
         return self._registry
 
     def _writable_registry(self) -> Registry:
         """The registry for a write, created (with its folder) when it does not exist yet."""
         if self._registry is None:
-            self._registry = Registry(self.path, self._index_kind, create=True)
+            self._registry = Registry(self.location, self._index_kind, create=True)
         return self._registry
 
     def _binding(self):
         """The registry's binding, or None when it is unbound or does not exist (no files made)."""
-        if self._detached or (self._registry is None and not self.path.is_file()):
+        if self._detached or not self._exists():
             return None
         return self.registry.binding()
+
+    def _exists(self) -> bool:
+        """Whether the registry exists (opened, or there to open); creates nothing."""
+        return self._registry is not None or self.location.exists()
 
     def registry_free(self) -> None:
         """For work that stores nothing (compare, evaluate): when a model other than the
@@ -127,7 +134,7 @@ class SpeakerID:
                 if binding is None or requested:
                     raise
                 raise ModelNotInstalledError(
-                    f"registry {self.path} is bound to model {binding.model_name!r} "
+                    f"registry {self.location} is bound to model {binding.model_name!r} "
                     f"({binding.model_ref}, sha256 {binding.model_sha256[:12]}), which cannot "
                     f"be loaded: {exc}. If the file moved, pass --model NEW_PATH (or set "
                     f"{config.ENV_MODEL}) once: the registry checks its sha256 and remembers "
@@ -257,7 +264,7 @@ class SpeakerID:
         name = check_name(name)
         if not audio_files:
             raise InvalidInputError("enroll needs at least one audio file")
-        if not append and self.path.is_file() and self.registry.exists(name):  # before embedding
+        if not append and self._exists() and self.registry.exists(name):  # before embedding
             raise SpeakerExistsError(
                 f"speaker {name!r} already exists; use --append to add utterances to it"
             )
@@ -508,7 +515,7 @@ class SpeakerID:
         t, source = self.threshold()
         header = VectorIndex.read_header(self.registry.index_path) if b else None
         return RegistryInfo(
-            str(self.registry.path),
+            self.location.display,
             b.model_name if b else None,
             b.model_sha256 if b else None,
             b.dim if b else None,
@@ -518,6 +525,7 @@ class SpeakerID:
             source,
             header["kind"] if header else None,
             self.registry.generation(),
+            self.registry.backend,
         )
 
     def rebuild_index(self) -> IndexReport:

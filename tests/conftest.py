@@ -28,6 +28,7 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPEAKERID_HOME", str(home))
     monkeypatch.setenv("SPEAKERID_OFFLINE", "1")
     monkeypatch.delenv("SPEAKERID_MODEL", raising=False)
+    monkeypatch.delenv("SPEAKERID_DB", raising=False)
     monkeypatch.delenv("SPEAKERID_THRESHOLD", raising=False)
     monkeypatch.delenv("SPEAKERID_MODELSCOPE_URL", raising=False)
     return home
