@@ -102,3 +102,49 @@ def voices(write_wav):
     return [
         write_wav(f"v{i}.wav", speechlike(1.5 + 0.1 * i, seed=i, f0=100 + 15 * i)) for i in range(6)
     ]
+
+
+# --- PostgreSQL (a real server started by the test run itself) ------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the whole run. Skipped where PostgreSQL is not installed,
+    except in CI (``CI`` set), where a server that cannot start fails the run loudly."""
+    from .pgserver import PgServer, PgUnavailable
+
+    server = PgServer()
+    try:
+        import psycopg  # noqa: F401
+
+        server.start()
+    except (PgUnavailable, ImportError) as exc:
+        server.stop()
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"PostgreSQL is required in CI and could not be started: {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty PostgreSQL database (a URL for --db), dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A registry location on each backend: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "reg.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def sid_any(db_url, tiny_ckpt):
+    """``sid`` on each backend."""
+    from speakerid.service import SpeakerID
+
+    with SpeakerID(db=db_url, model=tiny_ckpt) as s:
+        yield s
