@@ -57,7 +57,8 @@ class PgServer:
             prefix = ["runuser", "-u", "postgres", "--"]
         proc = subprocess.run([*prefix, *cmd], capture_output=True, text=True, cwd="/")
         if proc.returncode != 0:
-            raise PgUnavailable(f"{Path(cmd[0]).name} failed: {(proc.stderr or proc.stdout)[-800:]}")
+            detail = (proc.stderr or proc.stdout)[-800:]
+            raise PgUnavailable(f"{Path(cmd[0]).name} failed: {detail}")
 
     def start(self) -> None:
         if self.external:

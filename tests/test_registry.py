@@ -136,7 +136,8 @@ def test_threshold_edges_and_precedence(sid_any, monkeypatch):
     score = sid_any.identify_embeddings(probe)[0].score
     assert 0.5 < score < 1.0
     # a checkpoint without a card: the official card's value, saying so
-    assert sid_any.threshold() == (0.365, "default (official ERes2NetV2 card; calibrate this model)")
+    default = (0.365, "default (official ERes2NetV2 card; calibrate this model)")
+    assert sid_any.threshold() == default
     above = float(np.nextafter(score, 2.0))
     for t, accepted in [(score, True), (above, False), (-1.0, True), (1.0, False)]:
         res = sid_any.identify_embeddings(probe, top_k=2, threshold=t)[0]
