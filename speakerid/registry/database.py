@@ -111,7 +111,8 @@ class DatabaseURL:
         per-machine cache under ``home/index`` named by a hash of the URL (password left out)."""
         if self.path is not None:
             return self.path.with_name(self.path.name + ".index")
-        key = make_url(self.url).set(password=None).render_as_string(hide_password=False)
+        u = make_url(self.url)
+        key = f"{u.username}@{u.host}:{u.port}/{u.database}?{sorted(u.query.items())}"
         return home / "index" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.index"
 
     def exists(self) -> bool:
@@ -200,8 +201,9 @@ def _pg_engine(url: str, poolclass=None) -> Engine:
     return create_engine(url, connect_args={"connect_timeout": 10}, **kw)
 
 
-def _pg_lock(conn, timeout: float = LOCK_TIMEOUT_S) -> None:
+def _pg_lock(conn, timeout: float | None = None) -> None:
     """Take the registry's transaction-scoped advisory lock (waits up to ``timeout``)."""
+    timeout = LOCK_TIMEOUT_S if timeout is None else timeout
     conn.execute(text(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'"))
     try:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
