@@ -180,3 +180,19 @@ class RestoreResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What ``speakerid registry copy SRC DST`` copied and verified (``--json``)."""
+
+    source: str
+    destination: str
+    source_backend: str
+    destination_backend: str
+    speakers: int
+    utterances: int
+    checksum: str  # sha256 of all names and vectors, equal on both sides
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

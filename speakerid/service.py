@@ -32,6 +32,7 @@ from .registry.store import NewUtterance, Registry, check_name
 from .results import (
     Candidate,
     CompareResult,
+    CopyResult,
     EnrollResult,
     FileError,
     IdentifyResult,
@@ -533,6 +534,36 @@ class SpeakerID:
 
     def check_index(self) -> IndexReport:
         return self.registry.check_index()
+
+
+def copy_registry(
+    source: str | os.PathLike, destination: str | os.PathLike, index_kind: str | None = None
+) -> CopyResult:
+    """Copy a whole registry to another database (SQLite <-> PostgreSQL, or same backend).
+
+    The source is read as of one committed state; the destination must be new or empty and is
+    written in one transaction that reads the copy back and compares counts and a checksum of
+    all vectors before committing. Never loads a model."""
+    src_loc, dst_loc = DatabaseURL.parse(source), DatabaseURL.parse(destination)
+    if src_loc.url == dst_loc.url:
+        raise InvalidInputError(f"source and destination are the same registry: {src_loc}")
+    kind = index_kind or config.default_index_kind()
+    with Registry(src_loc, kind, create=False) as src:
+        binding, speakers = src.snapshot()
+    if binding is None:
+        raise EmptyRegistryError(f"registry {src_loc} is not bound to a model: nothing to copy")
+    with Registry(dst_loc, kind, create=True) as dst:
+        checksum = dst.copy_in(binding, speakers)
+        dst_backend = dst.backend
+    return CopyResult(
+        src_loc.display,
+        dst_loc.display,
+        src_loc.backend,
+        dst_backend,
+        len(speakers),
+        sum(len(sp.utterances) for sp in speakers),
+        checksum,
+    )
 
 
 def _resolvable(ref: str) -> bool:

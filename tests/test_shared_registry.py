@@ -433,3 +433,103 @@ def test_kill_9_of_a_replica_during_writes_loses_nothing_committed(shared_pg):
     finally:
         for rep in survivors:
             rep.close()
+
+
+# --- moving between backends -------------------------------------------------------------------
+def _fill(db, tiny_ckpt):
+    from speakerid.registry.store import NewUtterance
+
+    vecs = unit_rows(7, seed=35)
+    with SpeakerID(db=db, model=tiny_ckpt) as sid:
+        sid.import_embeddings(["Zoë 张", "bob", "bob"], vecs[:3])
+        sid.registry.enroll(
+            "alice",
+            [NewUtterance(vecs[3], "a1.wav", 2.5, "1" * 64), NewUtterance(vecs[4], "a2.wav", 3.0)],
+            metadata={"team": "red"},
+        )
+        sid.import_embeddings(["alice"], vecs[5:6], append=True)
+        sid.remove("bob")
+        sid.import_embeddings(["carol", "bob"], vecs[5:7])
+        sid.set_threshold(0.4321, "calibrated")
+        return sid.registry.snapshot(), vecs
+
+
+def test_registry_copy_sqlite_to_postgresql_and_back_is_identical(tmp_path, pg_url, tiny_ckpt):
+    src = str(tmp_path / "src.db")
+    (binding, records), vecs = _fill(src, tiny_ckpt)
+    r = runner.invoke(app, ["registry", "copy", src, pg_url, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    with SpeakerID(db=src) as s:
+        checksum = s.registry.checksum()
+    assert out == {
+        "source": src,
+        "destination": DatabaseURL.parse(pg_url).display,
+        "source_backend": "sqlite",
+        "destination_backend": "postgresql",
+        "speakers": 4,
+        "utterances": 6,
+        "checksum": checksum,
+    }
+    info = json.loads(runner.invoke(app, ["info", "--db", pg_url, "--json"]).stdout)
+    assert (info["backend"], info["speakers"], info["utterances"]) == ("postgresql", 4, 6)
+    assert (info["threshold"], info["threshold_source"]) == (0.4321, "calibrated")
+    with SpeakerID(db=src) as a, SpeakerID(db=pg_url) as b:
+        assert [r.to_dict() for r in a.identify_embeddings(vecs, top_k=3)] == [
+            r.to_dict() for r in b.identify_embeddings(vecs, top_k=3)
+        ]
+        assert b.check_index().ok
+    back = tmp_path / "back.db"
+    r = runner.invoke(app, ["registry", "copy", pg_url, str(back)])
+    assert r.exit_code == 0 and f"checksum {checksum[:16]} verified" in r.stdout, r.output
+    with SpeakerID(db=back) as c:
+        b2, recs2 = c.registry.snapshot()
+        assert c.info().backend == "sqlite"
+    assert b2 == binding and len(recs2) == len(records)
+    for x, y in zip(records, recs2):  # names, metadata, times, sources, hashes, vectors
+        assert (x.name, x.metadata, x.created, x.updated) == (
+            y.name,
+            y.metadata,
+            y.created,
+            y.updated,
+        )
+        assert x.voiceprint.tobytes() == y.voiceprint.tobytes()
+        assert [
+            (u.source, u.duration, u.sha256, u.created, u.vector.tobytes()) for u in x.utterances
+        ] == [(u.source, u.duration, u.sha256, u.created, u.vector.tobytes()) for u in y.utterances]
+
+
+def test_registry_copy_refusals_write_nothing(tmp_path, pg_url, tiny_ckpt):
+    src = str(tmp_path / "src.db")
+    _fill(src, tiny_ckpt)
+    missing = tmp_path / "missing.db"
+    _one_line_error(
+        runner.invoke(app, ["registry", "copy", str(missing), pg_url]), "no registry at"
+    )
+    assert _tables(pg_url) == set()
+    _one_line_error(
+        runner.invoke(app, ["registry", "copy", src, f"sqlite:///{src}"]), "the same registry"
+    )
+    assert runner.invoke(app, ["registry", "copy", src, pg_url]).exit_code == 0
+    with SpeakerID(db=pg_url) as t:
+        before = t.registry.checksum(), t.registry.counts(), t.registry.generation()
+    _one_line_error(runner.invoke(app, ["registry", "copy", src, pg_url]), "already holds speakers")
+    with SpeakerID(db=pg_url) as t:
+        assert (t.registry.checksum(), t.registry.counts(), t.registry.generation()) == before
+
+
+def test_registry_copy_that_does_not_read_back_identically_is_rolled_back(
+    tmp_path, pg_url, tiny_ckpt, monkeypatch
+):
+    from speakerid.registry import store
+
+    src = str(tmp_path / "src.db")
+    _fill(src, tiny_ckpt)
+    real = store.take_snapshot
+    monkeypatch.setattr(store, "take_snapshot", lambda s: (lambda b, r: (b, r[:-1]))(*real(s)))
+    _one_line_error(
+        runner.invoke(app, ["registry", "copy", src, pg_url]), "does not read back identically"
+    )
+    monkeypatch.undo()
+    with SpeakerID(db=pg_url) as t:
+        assert t.registry.counts() == (0, 0) and t.registry.binding() is None

@@ -11,6 +11,7 @@ round trip is bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -106,6 +107,16 @@ def take_snapshot(s: Session) -> tuple[BindingRecord | None, list[SpeakerRecord]
         ).order_by(Utterance.speaker_id, Utterance.id)
     ):
         utts.setdefault(sid, []).append(UtteranceRecord(from_blob(emb), src, dur, sha, created))
+    rows = s.execute(
+        select(
+            Speaker.id,
+            Speaker.name,
+            Speaker.meta,
+            Speaker.created,
+            Speaker.updated,
+            Speaker.voiceprint,
+        )
+    )
     speakers = [
         SpeakerRecord(
             name,
@@ -115,18 +126,22 @@ def take_snapshot(s: Session) -> tuple[BindingRecord | None, list[SpeakerRecord]
             from_blob(vp),
             tuple(utts.get(sid, ())),
         )
-        for sid, name, meta, created, updated, vp in s.execute(
-            select(
-                Speaker.id,
-                Speaker.name,
-                Speaker.meta,
-                Speaker.created,
-                Speaker.updated,
-                Speaker.voiceprint,
-            ).order_by(Speaker.name)
-        )
+        for sid, name, meta, created, updated, vp in rows
     ]
+    speakers.sort(key=lambda sp: sp.name)  # code-point order, whatever the database's collation
     return binding, speakers
+
+
+def records_checksum(speakers: Sequence[SpeakerRecord]) -> str:
+    """sha256 over every speaker (by name) with its voiceprint and its utterance embeddings in
+    enrollment order: equal for two registries that hold the same vectors, on any backend."""
+    h = hashlib.sha256()
+    for sp in sorted(speakers, key=lambda sp: sp.name):
+        h.update(sp.name.encode() + b"\0" + to_blob(sp.voiceprint))
+        for u in sp.utterances:
+            h.update(to_blob(u.vector))
+        h.update(b"\1")
+    return h.hexdigest()
 
 
 def restore_into(

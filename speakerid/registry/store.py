@@ -11,7 +11,6 @@ the blob format in ``vectors.py``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from ..errors import (
     InvalidInputError,
     InvalidNameError,
     ModelMismatchError,
+    RegistryCorruptError,
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
@@ -39,7 +39,14 @@ from .cache import Changes, Head, IndexCache
 from .database import Database, DatabaseURL
 from .index import VectorIndex
 from .schema import Change, RegistryRow, Speaker, Utterance, utcnow
-from .snapshot import BindingRecord, RestoreReport, SpeakerRecord, restore_into, take_snapshot
+from .snapshot import (
+    BindingRecord,
+    RestoreReport,
+    SpeakerRecord,
+    records_checksum,
+    restore_into,
+    take_snapshot,
+)
 from .vectors import from_blob, to_blob, unit
 
 log = logging.getLogger("speakerid")
@@ -109,6 +116,12 @@ class Registry:
             self.cache.close()
         finally:
             self.db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- binding ---------------------------------------------------------------------------
     def binding(self) -> RegistryRow | None:
@@ -270,24 +283,37 @@ class Registry:
         return report
 
     def checksum(self) -> str:
-        """sha256 over every speaker (by name) with its voiceprint and utterance embeddings in
-        enrollment order: equal on two registries holding the same vectors."""
-        h = hashlib.sha256()
-        with self.db.snapshot() as s:
-            utts: dict[int, list[bytes]] = {}
-            for sid, emb in s.execute(
-                select(Utterance.speaker_id, Utterance.embedding).order_by(
-                    Utterance.speaker_id, Utterance.id
+        """:func:`.snapshot.records_checksum` of the whole registry (one committed state)."""
+        return records_checksum(self.snapshot()[1])
+
+    def copy_in(self, binding: BindingRecord, speakers: Sequence[SpeakerRecord]) -> str:
+        """Fill an empty registry with another registry's snapshot. The copy is read back and
+        compared (counts, checksum of all vectors) inside the transaction: a mismatch rolls it
+        back. Returns the checksum."""
+        want = records_checksum(speakers)
+        with self.db.write() as s:
+            if s.scalar(select(Speaker.id).limit(1)) is not None:
+                raise SpeakerExistsError(
+                    f"registry {self.location} already holds speakers: copy into a new or "
+                    f"empty registry"
                 )
-            ):
-                utts.setdefault(sid, []).append(bytes(emb))
-            for sid, name, vp in s.execute(
-                select(Speaker.id, Speaker.name, Speaker.voiceprint).order_by(Speaker.name)
-            ):
-                h.update(name.encode() + b"\0" + bytes(vp))
-                for emb in utts.get(sid, ()):
-                    h.update(emb)
-        return h.hexdigest()
+            _, ids, _ = restore_into(s, binding, speakers, "error")
+            s.flush()
+            _, written = take_snapshot(s)
+            counts = (len(written), sum(len(sp.utterances) for sp in written))
+            expected = (len(speakers), sum(len(sp.utterances) for sp in speakers))
+            got = records_checksum(written)
+            if counts != expected or got != want:
+                raise RegistryCorruptError(
+                    f"copy to {self.location} does not read back identically ({counts[0]} "
+                    f"speakers, {counts[1]} utterances, checksum {got[:12]}; expected "
+                    f"{expected[0]}, {expected[1]}, {want[:12]}): nothing was written"
+                )
+            if ids:
+                self._log_changes(s, ids, [])
+        if ids:
+            self.cache.after_write()
+        return want
 
     # --- reads -----------------------------------------------------------------------------
     def counts(self) -> tuple[int, int]:
@@ -314,8 +340,8 @@ class Registry:
                 )
                 .outerjoin(Utterance)
                 .group_by(Speaker.id)
-                .order_by(Speaker.name)
             ).all()
+        rows.sort(key=lambda r: r[0])  # code-point order, whatever the database's collation
         return [SpeakerInfo(n, c, cr, up, json.loads(m) if m else None) for n, c, cr, up, m in rows]
 
     def exists(self, name: str) -> bool:
