@@ -154,11 +154,11 @@ class SpeakerID:
         e = self.embedder
         self._writable_registry().bind(e.name, e.ref, e.sha256, e.dim)
 
-    def _model_card_threshold(self) -> tuple[float, str] | None:
+    def _model_card_threshold(self, binding=None) -> tuple[float, str] | None:
         """The threshold from the card of the bound (or else requested/default) model."""
         from . import weights
 
-        binding = self._binding()
+        binding = binding or self._binding()
         if binding is not None:
             ref, sha, name = binding.model_ref, binding.model_sha256, binding.model_name
         else:
@@ -193,7 +193,7 @@ class SpeakerID:
         binding = self._binding()
         if binding is not None and binding.threshold is not None:
             return binding.threshold, binding.threshold_source or "registry"
-        card = self._model_card_threshold()
+        card = self._model_card_threshold(binding)
         if card is not None:
             return card
         return config.DEFAULT_THRESHOLD, "default (official ERes2NetV2 card; calibrate this model)"

@@ -197,7 +197,9 @@ def _pg_engine(url: str, poolclass=None) -> Engine:
         raise RegistryError(
             "a PostgreSQL registry needs psycopg 3: pip install 'speakerid[postgres]'"
         ) from None
-    kw = {"poolclass": poolclass} if poolclass else {"pool_pre_ping": True}
+    # No pre-ping (a round trip per checkout): a connection found broken is invalidated by
+    # the failing call and replaced on the next one; idle ones are recycled.
+    kw = {"poolclass": poolclass} if poolclass else {"pool_recycle": 600}
     return create_engine(url, connect_args={"connect_timeout": 10}, **kw)
 
 
@@ -274,7 +276,13 @@ class Database:
         else:
             self.engine = _pg_engine(self.location.url)
         self._migrate()
-        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(self.engine, expire_on_commit=False)
+        #: Sessions for reads. On PostgreSQL they run in autocommit (each statement sees the
+        #: latest commits, no BEGIN/ROLLBACK round trips); write through :meth:`write`.
+        reads = self.engine
+        if self.backend == "postgresql":
+            reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.Session = sessionmaker(reads, expire_on_commit=False)
 
     def _migrate(self) -> None:
         where = self.location
@@ -316,7 +324,7 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A write transaction holding the registry lock: committed on success, rolled back
         on any exception; concurrent writers (any process, any machine) wait their turn."""
-        with self._held(), self.Session.begin() as s:
+        with self._held(), self._writer.begin() as s:
             if self.backend == "postgresql":
                 _pg_lock(s.connection())
             yield s
@@ -325,7 +333,7 @@ class Database:
     def snapshot(self) -> Iterator[Session]:
         """A session whose reads all see one committed state (for backups and copies)."""
         if self.backend == "postgresql":
-            with self.Session() as s:
+            with self._writer() as s:
                 opts = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
                 s.connection(execution_options=opts)
                 yield s
