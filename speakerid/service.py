@@ -175,10 +175,16 @@ class SpeakerID:
         calibrated ``threshold_asnorm`` (``speakerid calibrate --asnorm --apply``). Nothing
         here creates a registry.
         """
+        return self._threshold_with(override, asnorm, self._binding)
+
+    def _threshold_with(
+        self, override: float | None, asnorm: bool, get_binding: Callable[[], Any]
+    ) -> tuple[float, str]:
+        """``threshold`` with the registry row from ``get_binding`` (read only if needed)."""
         if override is not None:
             return config.parse_threshold(override, asnorm), "argument"
         if asnorm:
-            b = self._binding()
+            b = get_binding()
             if b is None or b.threshold_asnorm is None:
                 raise InvalidInputError(
                     "AS-Norm scores need their own threshold: pass --threshold or run "
@@ -190,7 +196,7 @@ class SpeakerID:
         env = config.env_threshold()
         if env is not None:
             return env, f"${config.ENV_THRESHOLD}"
-        binding = self._binding()
+        binding = get_binding()
         if binding is not None and binding.threshold is not None:
             return binding.threshold, binding.threshold_source or "registry"
         card = self._model_card_threshold(binding)
@@ -392,9 +398,12 @@ class SpeakerID:
         """Identification of precomputed embeddings (rows of ``vectors``) from this model."""
         if top_k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        t, _ = self.threshold(threshold, asnorm)
+        if threshold is not None:
+            config.parse_threshold(threshold, asnorm)  # bad input fails before any work
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         cands = self.registry.search(vectors, top_k if not asnorm else max(top_k, 20))
+        # the registry row the search just read (one query for both)
+        t, _ = self._threshold_with(threshold, asnorm, lambda: self.registry.last_binding)
         if asnorm:
             cands = self._asnorm_candidates(vectors, cands, top_k)
         out = []

@@ -533,3 +533,27 @@ def test_registry_copy_that_does_not_read_back_identically_is_rolled_back(
     monkeypatch.undo()
     with SpeakerID(db=pg_url) as t:
         assert t.registry.counts() == (0, 0) and t.registry.binding() is None
+
+
+def test_speakerid_db_selects_the_registry_in_a_fresh_process(tmp_path, pg_url, tiny_ckpt):
+    """How users configure it: ``SPEAKERID_DB`` (a relative SQLite URL or a server URL) in a
+    fresh ``python -m speakerid`` with a clean home."""
+    np.save(tmp_path / "m.npy", unit_rows(2, seed=36))
+    (tmp_path / "names.txt").write_text("ann\nben\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
+    base.update(PYTHONPATH=str(ROOT), SPEAKERID_HOME="home", SPEAKERID_OFFLINE="1")
+
+    def run(db, *args):
+        env = {**base, "SPEAKERID_DB": db}
+        cmd = [sys.executable, "-m", "speakerid", *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    for db, backend in [("sqlite:///rel.db", "sqlite"), (pg_url, "postgresql")]:
+        r = run(db, "import-embeddings", "m.npy", "--names", "names.txt", "--model", tiny_ckpt)
+        assert r.returncode == 0, r.stderr
+        r = run(db, "info", "--json")
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert (info["backend"], info["speakers"], info["generation"]) == (backend, 2, 1)
+    assert (tmp_path / "rel.db").is_file() and not (tmp_path / "home" / "registry.db").exists()
+    assert list((tmp_path / "home" / "index").glob("*.index"))  # the server's local cache

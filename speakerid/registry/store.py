@@ -98,6 +98,7 @@ class Registry:
         self.location = self.db.location
         #: The SQLite file (None for a server database).
         self.path = self.location.path
+        self.last_binding: RegistryRow | None = None
 
     @property
     def backend(self) -> str:
@@ -185,22 +186,24 @@ class Registry:
 
     # --- change log (the index cache's feed) -------------------------------------------------
     def head(self) -> Head:
-        """Last change sequence, identity and dimension: one primary-key lookup."""
+        """Last change sequence, identity and dimension: one primary-key lookup. The whole
+        registry row it read stays in ``last_binding`` (a search's threshold needs no query)."""
         with self.db.Session() as s:
-            row = s.execute(
-                select(RegistryRow.generation, RegistryRow.uid, RegistryRow.dim).where(
-                    RegistryRow.id == 1
-                )
-            ).first()
-        return Head(0, None, None) if row is None else Head(row[0], row[1], row[2])
+            row = s.get(RegistryRow, 1)
+        self.last_binding = row
+        return Head(0, None, None) if row is None else Head(row.generation, row.uid, row.dim)
 
     def changes_since(self, seq: int, limit: int) -> Changes | None:
         """Speakers changed after ``seq`` with their current voiceprints (None for removed
         ones), read in one statement; None when more than ``limit`` rows are pending."""
+        # a scalar subquery, not a join: one primary-key lookup per change whatever the
+        # planner's statistics say (a hash join would scan every voiceprint)
+        current = (
+            select(Speaker.voiceprint).where(Speaker.id == Change.speaker_id).scalar_subquery()
+        )
         with self.db.Session() as s:
             rows = s.execute(
-                select(Change.seq, Change.speaker_id, Speaker.voiceprint)
-                .outerjoin(Speaker, Speaker.id == Change.speaker_id)
+                select(Change.seq, Change.speaker_id, current)
                 .where(Change.seq > seq)
                 .order_by(Change.seq)
                 .limit(limit + 1)
