@@ -17,6 +17,7 @@ DEFAULT_THRESHOLD = 0.365
 DEFAULT_MODEL = "eres2netv2"
 
 ENV_HOME = "SPEAKERID_HOME"
+ENV_DB = "SPEAKERID_DB"
 ENV_MODEL = "SPEAKERID_MODEL"
 ENV_THRESHOLD = "SPEAKERID_THRESHOLD"
 ENV_DEVICE = "SPEAKERID_DEVICE"
@@ -47,6 +48,12 @@ def models_dir() -> Path:
 
 def default_db_path() -> Path:
     return home_dir() / "registry.db"
+
+
+def default_db() -> str:
+    """``$SPEAKERID_DB`` (a path, ``sqlite:///PATH`` or ``postgresql+psycopg://...``), else
+    ``$SPEAKERID_HOME/registry.db``."""
+    return os.environ.get(ENV_DB) or str(default_db_path())
 
 
 def default_model() -> str:

@@ -171,6 +171,7 @@ class RegistryInfo:
     threshold_source: str
     index_kind: str | None
     generation: int
+    backend: str = "sqlite"  # "sqlite" | "postgresql"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,6 +189,22 @@ class RestoreResult:
     replaced: list[str]  # already in the registry, overwritten (--replace)
     thresholds_restored: bool  # False when merged into a registry that has speakers
     bound: bool  # this import bound a new registry to the backup's model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What ``speakerid registry copy SRC DST`` copied and verified (``--json``)."""
+
+    source: str
+    destination: str
+    source_backend: str
+    destination_backend: str
+    speakers: int
+    utterances: int
+    checksum: str  # sha256 of all names and vectors, equal on both sides
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,11 +33,13 @@ from .gates import (
     with_rejected,
 )
 from .quality import MIN_SPEECH_SECONDS
+from .registry.database import DatabaseURL
 from .registry.index import VectorIndex
 from .registry.store import NewUtterance, Registry, check_name
 from .results import (
     Candidate,
     CompareResult,
+    CopyResult,
     EnrollResult,
     FileError,
     IdentifyResult,
@@ -66,7 +68,9 @@ class SpeakerID:
         download_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         self._index_kind = index_kind or config.default_index_kind()
-        self.path = Path(db) if db else config.default_db_path()
+        #: Where the registry lives (a SQLite file or a PostgreSQL URL); ``path`` is the file.
+        self.location = DatabaseURL.parse(db if db else config.default_db())
+        self.path = self.location.path
         self._registry: Registry | None = None
         self._model = str(model) if model else None
         self._threshold = None if threshold is None else config.parse_threshold(threshold)
@@ -91,20 +95,24 @@ class SpeakerID:
         """The registry, opened on first use; reading a registry that does not exist is an
         error (``RegistryNotFoundError``), so read-only calls never create files."""
         if self._registry is None:
-            self._registry = Registry(self.path, self._index_kind, create=False)
+            self._registry = Registry(self.location, self._index_kind, create=False)
         return self._registry
 
     def _writable_registry(self) -> Registry:
         """The registry for a write, created (with its folder) when it does not exist yet."""
         if self._registry is None:
-            self._registry = Registry(self.path, self._index_kind, create=True)
+            self._registry = Registry(self.location, self._index_kind, create=True)
         return self._registry
 
     def _binding(self):
         """The registry's binding, or None when it is unbound or does not exist (no files made)."""
-        if self._detached or (self._registry is None and not self.path.is_file()):
+        if self._detached or not self._exists():
             return None
         return self.registry.binding()
+
+    def _exists(self) -> bool:
+        """Whether the registry exists (opened, or there to open); creates nothing."""
+        return self._registry is not None or self.location.exists()
 
     def registry_free(self) -> None:
         """For work that stores nothing (compare, evaluate): when a model other than the
@@ -134,7 +142,7 @@ class SpeakerID:
                 if binding is None or requested:
                     raise
                 raise ModelNotInstalledError(
-                    f"registry {self.path} is bound to model {binding.model_name!r} "
+                    f"registry {self.location} is bound to model {binding.model_name!r} "
                     f"({binding.model_ref}, sha256 {binding.model_sha256[:12]}), which cannot "
                     f"be loaded: {exc}. If the file moved, pass --model NEW_PATH (or set "
                     f"{config.ENV_MODEL}) once: the registry checks its sha256 and remembers "
@@ -153,11 +161,11 @@ class SpeakerID:
         e = self.embedder
         self._writable_registry().bind(e.name, e.ref, e.sha256, e.dim)
 
-    def _model_card_threshold(self) -> tuple[float, str] | None:
+    def _model_card_threshold(self, binding=None) -> tuple[float, str] | None:
         """The threshold from the card of the bound (or else requested/default) model."""
         from . import weights
 
-        binding = self._binding()
+        binding = binding or self._binding()
         if binding is not None:
             ref, sha, name = binding.model_ref, binding.model_sha256, binding.model_name
         else:
@@ -174,10 +182,16 @@ class SpeakerID:
         calibrated ``threshold_asnorm`` (``speakerid calibrate --asnorm --apply``). Nothing
         here creates a registry.
         """
+        return self._threshold_with(override, asnorm, self._binding)
+
+    def _threshold_with(
+        self, override: float | None, asnorm: bool, get_binding: Callable[[], Any]
+    ) -> tuple[float, str]:
+        """``threshold`` with the registry row from ``get_binding`` (read only if needed)."""
         if override is not None:
             return config.parse_threshold(override, asnorm), "argument"
         if asnorm:
-            b = self._binding()
+            b = get_binding()
             if b is None or b.threshold_asnorm is None:
                 raise InvalidInputError(
                     "AS-Norm scores need their own threshold: pass --threshold or run "
@@ -189,10 +203,10 @@ class SpeakerID:
         env = config.env_threshold()
         if env is not None:
             return env, f"${config.ENV_THRESHOLD}"
-        binding = self._binding()
+        binding = get_binding()
         if binding is not None and binding.threshold is not None:
             return binding.threshold, binding.threshold_source or "registry"
-        card = self._model_card_threshold()
+        card = self._model_card_threshold(binding)
         if card is not None:
             return card
         return config.DEFAULT_THRESHOLD, "default (official ERes2NetV2 card; calibrate this model)"
@@ -230,7 +244,7 @@ class SpeakerID:
         name = check_name(name)
         if not audio_files:
             raise InvalidInputError("enroll needs at least one audio file")
-        if not append and self.path.is_file() and self.registry.exists(name):  # before embedding
+        if not append and self._exists() and self.registry.exists(name):  # before embedding
             raise SpeakerExistsError(
                 f"speaker {name!r} already exists; use --append to add utterances to it"
             )
@@ -269,7 +283,7 @@ class SpeakerID:
         if len(plan) != len(folders):
             raise InvalidInputError("the same speaker name appears twice in one enrollment")
         min_speech = check_min_speech(min_speech)
-        exists = self.path.is_file()  # a first enroll-dir creates the registry only at the end
+        exists = self._exists()  # a first enroll-dir creates the registry only at the end
         if not append and exists:  # fail before the costly embedding, as enroll does
             for name in plan:
                 if self.registry.exists(name):
@@ -413,9 +427,12 @@ class SpeakerID:
         """Identification of precomputed embeddings (rows of ``vectors``) from this model."""
         if top_k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        t, _ = self.threshold(threshold, asnorm)
+        if threshold is not None:
+            config.parse_threshold(threshold, asnorm)  # bad input fails before any work
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         cands = self.registry.search(vectors, top_k if not asnorm else max(top_k, 20))
+        # the registry row the search just read (one query for both)
+        t, _ = self._threshold_with(threshold, asnorm, lambda: self.registry.last_binding)
         if asnorm:
             cands = self._asnorm_candidates(vectors, cands, top_k)
         out = []
@@ -557,7 +574,7 @@ class SpeakerID:
         t, source = self.threshold()
         header = VectorIndex.read_header(self.registry.index_path) if b else None
         return RegistryInfo(
-            str(self.registry.path),
+            self.location.display,
             b.model_name if b else None,
             b.model_sha256 if b else None,
             b.dim if b else None,
@@ -567,6 +584,7 @@ class SpeakerID:
             source,
             header["kind"] if header else None,
             self.registry.generation(),
+            self.registry.backend,
         )
 
     def rebuild_index(self) -> IndexReport:
@@ -574,6 +592,36 @@ class SpeakerID:
 
     def check_index(self) -> IndexReport:
         return self.registry.check_index()
+
+
+def copy_registry(
+    source: str | os.PathLike, destination: str | os.PathLike, index_kind: str | None = None
+) -> CopyResult:
+    """Copy a whole registry to another database (SQLite <-> PostgreSQL, or same backend).
+
+    The source is read as of one committed state; the destination must be new or empty and is
+    written in one transaction that reads the copy back and compares counts and a checksum of
+    all vectors before committing. Never loads a model."""
+    src_loc, dst_loc = DatabaseURL.parse(source), DatabaseURL.parse(destination)
+    if src_loc.url == dst_loc.url:
+        raise InvalidInputError(f"source and destination are the same registry: {src_loc}")
+    kind = index_kind or config.default_index_kind()
+    with Registry(src_loc, kind, create=False) as src:
+        binding, speakers = src.snapshot()
+    if binding is None:
+        raise EmptyRegistryError(f"registry {src_loc} is not bound to a model: nothing to copy")
+    with Registry(dst_loc, kind, create=True) as dst:
+        checksum = dst.copy_in(binding, speakers)
+        dst_backend = dst.backend
+    return CopyResult(
+        src_loc.display,
+        dst_loc.display,
+        src_loc.backend,
+        dst_backend,
+        len(speakers),
+        sum(len(sp.utterances) for sp in speakers),
+        checksum,
+    )
 
 
 PROBE_CHUNK = 64

@@ -38,6 +38,7 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPEAKERID_HOME", str(home))
     monkeypatch.setenv("SPEAKERID_OFFLINE", "1")
     monkeypatch.delenv("SPEAKERID_MODEL", raising=False)
+    monkeypatch.delenv("SPEAKERID_DB", raising=False)
     monkeypatch.delenv("SPEAKERID_THRESHOLD", raising=False)
     monkeypatch.delenv("SPEAKERID_MODELSCOPE_URL", raising=False)
     return home
@@ -155,3 +156,49 @@ def sid(tmp_path, tiny_ckpt):
 def voices(write_wav):
     """Six real recordings of six different speakers (``VOICE_CLIPS``) as 16-bit WAV files."""
     return [write_wav(f"v{i}.wav", real_speech(i)) for i in range(len(VOICE_CLIPS))]
+
+
+# --- PostgreSQL (a real server started by the test run itself) ------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the whole run. Skipped where PostgreSQL is not installed,
+    except in CI (``CI`` set), where a server that cannot start fails the run loudly."""
+    from .pgserver import PgServer, PgUnavailable
+
+    server = PgServer()
+    try:
+        import psycopg  # noqa: F401
+
+        server.start()
+    except (PgUnavailable, ImportError) as exc:
+        server.stop()
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"PostgreSQL is required in CI and could not be started: {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty PostgreSQL database (a URL for --db), dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A registry location on each backend: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "reg.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def sid_any(db_url, tiny_ckpt):
+    """``sid`` on each backend."""
+    from speakerid.service import SpeakerID
+
+    with SpeakerID(db=db_url, model=tiny_ckpt) as s:
+        yield s

@@ -16,13 +16,15 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cli(tmp_path, tiny_ckpt):
-    db = tmp_path / "cli.db"
+def cli(db_url, tiny_ckpt, isolated_home):
+    """The CLI on a registry of each backend (``run.index``: its index cache file)."""
+    from speakerid.registry.database import DatabaseURL
 
     def run(*args, model=True):
-        extra = ["--db", str(db)] + (["--model", str(tiny_ckpt)] if model else [])
+        extra = ["--db", db_url] + (["--model", str(tiny_ckpt)] if model else [])
         return runner.invoke(app, [*map(str, args), *extra])
 
+    run.index = DatabaseURL.parse(db_url).index_path(isolated_home)
     return run
 
 
@@ -140,7 +142,7 @@ def test_enroll_dir_and_index_and_info(cli, voices, tmp_path):
     assert info["index_kind"] == "flat" and info["threshold"] == 0.365
     check = cli("index", "check", "--json", model=False)
     assert check.exit_code == 0 and json.loads(check.stdout)["ok"] is True
-    (tmp_path / "cli.db.index").unlink()
+    cli.index.unlink()
     r = cli("index", "check", model=False)
     assert r.exit_code == 1 and "index file is missing" in r.stdout
     r = cli("index", "rebuild", "--json", model=False)

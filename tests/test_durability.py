@@ -73,15 +73,16 @@ def _assert_consistent(db, model) -> set[str]:
         return set(names)
 
 
-def test_kill_9_at_random_points_never_corrupts(tmp_path, tiny_ckpt):
-    db = tmp_path / "crash.db"
+def test_kill_9_at_random_points_never_corrupts(db_url, tiny_ckpt):
+    db = db_url
+    rounds = 12 if "://" not in db else 8  # the same code path; fewer rounds on the server
     with SpeakerID(db=db, model=tiny_ckpt) as sid:  # bind once so workers start fast
         sid.import_embeddings(["seed"] * UTTS, unit_rows(UTTS))
     rng = random.Random(1234)
     seen: set[str] = set()
     start = 0
     kills = 0
-    for _round in range(12):
+    for _round in range(rounds):
         proc = _spawn(WRITER, db, tiny_ckpt, "w", start, 1000)
         time.sleep(rng.uniform(0.4, 2.0))
         proc.send_signal(signal.SIGKILL)
@@ -92,12 +93,12 @@ def test_kill_9_at_random_points_never_corrupts(tmp_path, tiny_ckpt):
         names = _assert_consistent(db, tiny_ckpt)
         assert seen <= names  # committed enrollments are never lost
         seen = names
-    assert kills >= 10
+    assert kills >= rounds - 2
     assert len(seen) > 5
 
 
-def test_concurrent_writers_and_readers(tmp_path, tiny_ckpt):
-    db = tmp_path / "conc.db"
+def test_concurrent_writers_and_readers(db_url, tiny_ckpt):
+    db = db_url
     with SpeakerID(db=db, model=tiny_ckpt) as sid:
         sid.import_embeddings(["seed"] * UTTS, unit_rows(UTTS))
     writers = [_spawn(WRITER, db, tiny_ckpt, f"p{k}-", k * 100, 15) for k in range(3)]

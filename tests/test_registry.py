@@ -19,57 +19,57 @@ def _state(sid):
     return sid.registry.generation(), sid.registry.counts(), [s.name for s in sid.list()]
 
 
-def test_enroll_list_show_and_append(sid, voices):
-    res = sid.enroll("alice", voices[:2])
+def test_enroll_list_show_and_append(sid_any, voices):
+    res = sid_any.enroll("alice", voices[:2])
     assert (res.speaker, res.created, res.added, res.utterances) == ("alice", True, 2, 2)
-    assert [(s.name, s.utterances) for s in sid.list()] == [("alice", 2)]
-    info = sid.show("alice")
+    assert [(s.name, s.utterances) for s in sid_any.list()] == [("alice", 2)]
+    info = sid_any.show("alice")
     assert [u.source for u in info.details] == [str(v) for v in voices[:2]]
     assert info.details[0].duration == pytest.approx(len(real_speech(0)) / 16000)  # 3.36 s
     with pytest.raises(errors.SpeakerExistsError, match="use --append"):
-        sid.enroll("alice", [voices[2]])
-    res = sid.enroll("alice", [voices[2], voices[0]], append=True)  # voices[0] is a re-enroll
+        sid_any.enroll("alice", [voices[2]])
+    res = sid_any.enroll("alice", [voices[2], voices[0]], append=True)  # voices[0] is a re-enroll
     assert (res.created, res.added, res.skipped, res.utterances) == (False, 1, [str(voices[0])], 3)
-    vecs = sid.registry.utterance_embeddings("alice")
+    vecs = sid_any.registry.utterance_embeddings("alice")
     want = vecs.mean(0) / np.linalg.norm(vecs.mean(0))
-    np.testing.assert_allclose(sid.registry.voiceprint("alice"), want, atol=1e-6)
+    np.testing.assert_allclose(sid_any.registry.voiceprint("alice"), want, atol=1e-6)
 
 
-def test_same_audio_for_another_speaker_is_refused(sid, voices):
-    sid.enroll("alice", [voices[0]])
-    before = _state(sid)
+def test_same_audio_for_another_speaker_is_refused(sid_any, voices):
+    sid_any.enroll("alice", [voices[0]])
+    before = _state(sid_any)
     with pytest.raises(
         errors.DuplicateEnrollmentError, match="already enrolled for speaker 'alice'"
     ):
-        sid.enroll("bob", [voices[1], voices[0]])
-    assert _state(sid) == before
+        sid_any.enroll("bob", [voices[1], voices[0]])
+    assert _state(sid_any) == before
 
 
-def test_bad_audio_leaves_registry_untouched(sid, voices, tmp_path):
-    sid.enroll("alice", [voices[0]])
-    before = _state(sid)
+def test_bad_audio_leaves_registry_untouched(sid_any, voices, tmp_path):
+    sid_any.enroll("alice", [voices[0]])
+    before = _state(sid_any)
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"garbage" * 50)
     for call in (
-        lambda: sid.enroll("bob", [voices[1], bad]),
-        lambda: sid.enroll("alice", [voices[1], bad], append=True),
-        lambda: sid.enroll("carol", [voices[2], tmp_path / "missing.wav"]),
+        lambda: sid_any.enroll("bob", [voices[1], bad]),
+        lambda: sid_any.enroll("alice", [voices[1], bad], append=True),
+        lambda: sid_any.enroll("carol", [voices[2], tmp_path / "missing.wav"]),
     ):
         with pytest.raises(errors.AudioError):
             call()
-        assert _state(sid) == before
-    assert sid.check_index().ok
+        assert _state(sid_any) == before
+    assert sid_any.check_index().ok
 
 
 @pytest.mark.parametrize("name", ["Zoë O'Brien", "张伟", "  spaced name  ", "a/b\\c"])
-def test_unicode_and_spaced_names_round_trip(sid, voices, name):
-    sid.enroll(name, [voices[0]])
+def test_unicode_and_spaced_names_round_trip(sid_any, voices, name):
+    sid_any.enroll(name, [voices[0]])
     stored = name.strip()
-    assert [s.name for s in sid.list()] == [stored]
-    assert sid.identify(voices[0]).speaker == stored
-    assert sid.verify(name, voices[0]).speaker == stored
-    sid.rename(stored, stored + " 2")
-    assert sid.show(stored + " 2").utterances == 1
+    assert [s.name for s in sid_any.list()] == [stored]
+    assert sid_any.identify(voices[0]).speaker == stored
+    assert sid_any.verify(name, voices[0]).speaker == stored
+    sid_any.rename(stored, stored + " 2")
+    assert sid_any.show(stored + " 2").utterances == 1
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "tab\there", "x" * 201])
@@ -79,21 +79,21 @@ def test_invalid_names(sid, voices, bad):
     assert not sid.path.exists()  # nothing written, not even an empty registry
 
 
-def test_empty_registry_and_unknown_speaker(sid, voices):
+def test_empty_registry_and_unknown_speaker(sid_any, voices):
     with pytest.raises(errors.RegistryNotFoundError, match="no registry at .*enroll a speaker"):
-        sid.identify(voices[0])
-    sid.enroll("x", [voices[1]])
-    sid.remove("x")
+        sid_any.identify(voices[0])
+    sid_any.enroll("x", [voices[1]])
+    sid_any.remove("x")
     with pytest.raises(errors.EmptyRegistryError, match="enroll speakers first"):
-        sid.identify(voices[0])
+        sid_any.identify(voices[0])
     with pytest.raises(errors.SpeakerNotFoundError, match="no speaker named 'nobody'"):
-        sid.verify("nobody", voices[0])
-    sid.enroll("alice", [voices[0]])
+        sid_any.verify("nobody", voices[0])
+    sid_any.enroll("alice", [voices[0]])
     for call in (
-        lambda: sid.verify("nobody", voices[0]),
-        lambda: sid.remove("nobody"),
-        lambda: sid.show("nobody"),
-        lambda: sid.rename("nobody", "x"),
+        lambda: sid_any.verify("nobody", voices[0]),
+        lambda: sid_any.remove("nobody"),
+        lambda: sid_any.show("nobody"),
+        lambda: sid_any.rename("nobody", "x"),
     ):
         with pytest.raises(errors.SpeakerNotFoundError):
             call()
@@ -122,58 +122,59 @@ def test_model_mismatch_is_refused(sid, voices, tmp_path):
         sid.import_embeddings(["x"], np.ones((1, 64), np.float32))
 
 
-def test_registry_remembers_its_model(sid, voices, tiny_ckpt):
-    sid.enroll("alice", [voices[0]])
-    with SpeakerID(db=sid.registry.path) as s2:  # no --model: uses the bound one
+def test_registry_remembers_its_model(sid_any, voices, tiny_ckpt):
+    sid_any.enroll("alice", [voices[0]])
+    with SpeakerID(db=sid_any.location) as s2:  # no --model: uses the bound one
         assert s2.identify(voices[0]).speaker == "alice"
-        assert s2.embedder.sha256 == sid.embedder.sha256
+        assert s2.embedder.sha256 == sid_any.embedder.sha256
 
 
-def test_threshold_edges_and_precedence(sid, monkeypatch):
+def test_threshold_edges_and_precedence(sid_any, monkeypatch):
     vecs = unit_rows(3)
-    sid.import_embeddings(["a", "b", "c"], vecs)
+    sid_any.import_embeddings(["a", "b", "c"], vecs)
     probe = vecs[0] + 0.5 * unit_rows(1, seed=7)[0]
-    score = sid.identify_embeddings(probe)[0].score
+    score = sid_any.identify_embeddings(probe)[0].score
     assert 0.5 < score < 1.0
     # a checkpoint without a card: the official card's value, saying so
-    assert sid.threshold() == (0.365, "default (official ERes2NetV2 card; calibrate this model)")
+    default = (0.365, "default (official ERes2NetV2 card; calibrate this model)")
+    assert sid_any.threshold() == default
     above = float(np.nextafter(score, 2.0))
     for t, accepted in [(score, True), (above, False), (-1.0, True), (1.0, False)]:
-        res = sid.identify_embeddings(probe, top_k=2, threshold=t)[0]
+        res = sid_any.identify_embeddings(probe, top_k=2, threshold=t)[0]
         assert res.accepted is accepted and res.threshold == t
         assert res.speaker == ("a" if accepted else None)
         assert res.candidates[0].speaker == "a"  # still listed when unknown
-    assert sid.identify_embeddings(vecs[1])[0].score == 1.0  # clipped, never above 1
+    assert sid_any.identify_embeddings(vecs[1])[0].score == 1.0  # clipped, never above 1
     with pytest.raises(errors.InvalidInputError, match=r"in \[-1, 1\]"):
-        sid.threshold(1.5)
-    sid.set_threshold(0.5, "calibrated")
-    assert sid.threshold() == (0.5, "calibrated")
+        sid_any.threshold(1.5)
+    sid_any.set_threshold(0.5, "calibrated")
+    assert sid_any.threshold() == (0.5, "calibrated")
     monkeypatch.setenv("SPEAKERID_THRESHOLD", "0.25")
-    assert sid.threshold() == (0.25, "$SPEAKERID_THRESHOLD")
-    assert sid.threshold(0.7) == (0.7, "argument")
+    assert sid_any.threshold() == (0.25, "$SPEAKERID_THRESHOLD")
+    assert sid_any.threshold(0.7) == (0.7, "argument")
     monkeypatch.setenv("SPEAKERID_THRESHOLD", "abc")
     with pytest.raises(errors.InvalidInputError, match="must be a number"):
-        sid.threshold()
+        sid_any.threshold()
 
 
-def test_open_set_identification_and_candidates(sid, voices):
+def test_open_set_identification_and_candidates(sid_any, voices):
     vecs = unit_rows(5, seed=3)
-    sid.import_embeddings([f"s{i}" for i in range(5)], vecs)
+    sid_any.import_embeddings([f"s{i}" for i in range(5)], vecs)
     noisy = vecs[2] + 0.3 * unit_rows(1, seed=9)[0]
-    cands = sid.registry.search(noisy[None], 3)[0]
+    cands = sid_any.registry.search(noisy[None], 3)[0]
     assert cands[0].speaker == "s2" and len(cands) == 3
     assert cands[0].score >= cands[1].score >= cands[2].score
     stranger = unit_rows(1, seed=42)[0]
-    top = sid.registry.search(stranger[None], 2)[0]
+    top = sid_any.registry.search(stranger[None], 2)[0]
     assert top[0].score < 0.365  # random 192-d directions are near-orthogonal
 
 
-def test_identify_real_audio_open_set(sid, voices):
-    sid.enroll("alice", [voices[0]])
-    known = sid.identify(voices[0], top_k=3)
+def test_identify_real_audio_open_set(sid_any, voices):
+    sid_any.enroll("alice", [voices[0]])
+    known = sid_any.identify(voices[0], top_k=3)
     assert (known.speaker, known.accepted) == ("alice", True)
     assert known.score == pytest.approx(1.0, abs=1e-5)
-    strict = sid.identify(voices[1], threshold=1.0)
+    strict = sid_any.identify(voices[1], threshold=1.0)
     assert strict.speaker is None and not strict.accepted
     assert [c.speaker for c in strict.candidates] == ["alice"]
 
@@ -214,23 +215,23 @@ def test_hnsw_index_removal_wipes_vectors_and_rescoring_is_exact(tmp_path, tiny_
         assert s.check_index().ok
 
 
-def test_index_is_rebuilt_when_missing_corrupt_or_stale(sid):
+def test_index_is_rebuilt_when_missing_corrupt_or_stale(sid_any):
     vecs = unit_rows(6, seed=1)
-    sid.import_embeddings([f"s{i}" for i in range(3)], vecs[:3])
-    path = sid.registry.index_path
+    sid_any.import_embeddings([f"s{i}" for i in range(3)], vecs[:3])
+    path = sid_any.registry.index_path
     old = path.read_bytes()
-    sid.import_embeddings([f"s{i}" for i in range(3, 6)], vecs[3:])
+    sid_any.import_embeddings([f"s{i}" for i in range(3, 6)], vecs[3:])
     for damage in (
         lambda: path.unlink(),
         lambda: path.write_bytes(b"junk"),
         lambda: path.write_bytes(old),
     ):  # old = stale generation
         damage()
-        assert not sid.check_index().ok
-        with SpeakerID(db=sid.registry.path) as fresh:
+        assert not sid_any.check_index().ok
+        with SpeakerID(db=sid_any.location) as fresh:
             assert fresh.registry.search(vecs[5][None], 1)[0][0].speaker == "s5"
-        assert sid.check_index().ok
-    report = sid.rebuild_index()
+        assert sid_any.check_index().ok
+    report = sid_any.rebuild_index()
     assert report.rebuilt and report.entries == 6
 
 
@@ -260,7 +261,8 @@ def test_schema_is_alembic_managed_and_head_matches_code(sid):
     assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION
     Registry(sid.path).close()
     with sqlite3.connect(sid.path) as con:
-        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
+        version = con.execute("select version_num from alembic_version").fetchone()[0]
+        assert version == SCHEMA_REVISION
         assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
@@ -341,10 +343,11 @@ def test_old_database_is_upgraded_in_place_with_data_intact(tmp_path):
         sid.set_threshold(1.7, "calibrated", asnorm=True)
         assert sid.threshold(asnorm=True) == (1.7, "calibrated")
     with sqlite3.connect(path) as con:
-        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
+        version = con.execute("select version_num from alembic_version").fetchone()[0]
+        assert version == SCHEMA_REVISION
 
 
-def test_pq_index_is_exact_after_refine_and_purges_removed_speakers(tmp_path, tiny_ckpt):
+def test_pq_index_is_exact_after_refine_and_purges_removed_speakers(db_url, tiny_ckpt):
     import faiss
 
     from speakerid.registry.index import choose_kind
@@ -352,7 +355,7 @@ def test_pq_index_is_exact_after_refine_and_purges_removed_speakers(tmp_path, ti
     assert choose_kind(99_999) == "flat" and choose_kind(100_000) == "pq"
     vecs = unit_rows(400, seed=21)
     names = [f"s{i}" for i in range(400)]
-    with SpeakerID(db=tmp_path / "pq.db", model=tiny_ckpt, index_kind="pq") as s:
+    with SpeakerID(db=db_url, model=tiny_ckpt, index_kind="pq") as s:
         s.import_embeddings(names, vecs)
         idx = s.registry.ensure_index()
         assert idx.kind == "pq" and idx.ntotal == 400
@@ -372,7 +375,7 @@ def test_pq_index_is_exact_after_refine_and_purges_removed_speakers(tmp_path, ti
         assert idx.stale == 0 and idx.ntotal == 399 and 8 not in labels  # s7 has id 8
         assert s.registry.search(vecs[7][None], 3)[0][0].speaker != "s7"
         assert s.check_index().ok
-    with SpeakerID(db=tmp_path / "pq.db", index_kind="pq") as s:  # reopened from the file
+    with SpeakerID(db=db_url, index_kind="pq") as s:  # reopened from the file
         idx = s.registry.ensure_index()
         assert idx.kind == "pq" and faiss.downcast_index(idx.index.index).k_factor == 8
         assert s.identify_embeddings(vecs[100])[0].speaker == "s100"

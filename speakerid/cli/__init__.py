@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from . import eval_cmd, manage_cmd, model_cmd, registry_cmd
+from . import copy_cmd, eval_cmd, manage_cmd, model_cmd, registry_cmd
 from .demo_cmd import demo
 from .embed_cmd import embed
 from .train_cmd import train
@@ -36,6 +36,7 @@ app.command("import")(manage_cmd.import_backup)
 app.command("info")(manage_cmd.info)
 app.command("threshold")(manage_cmd.threshold)
 app.add_typer(manage_cmd.index_app, name="index")
+app.add_typer(copy_cmd.app, name="registry")
 app.command("demo")(demo)
 app.command("evaluate")(eval_cmd.evaluate)
 app.command("calibrate")(eval_cmd.calibrate)

@@ -29,8 +29,12 @@ DeviceOpt = Annotated[
     Optional[str], typer.Option("--device", help="cpu (default), cuda, cuda:N or auto.")
 ]
 DbOpt = Annotated[
-    Optional[Path],
-    typer.Option("--db", help="Registry database file (default: $SPEAKERID_HOME/registry.db)."),
+    Optional[str],
+    typer.Option(
+        "--db",
+        help="Registry: a SQLite file (or sqlite:///PATH) or postgresql+psycopg://user:pass@"
+        "host:port/dbname (default: $SPEAKERID_DB, else $SPEAKERID_HOME/registry.db).",
+    ),
 ]
 
 
@@ -46,7 +50,7 @@ AsnormOpt = Annotated[
 
 
 def open_service(
-    db: Path | None,
+    db: str | Path | None,
     model: str | None = None,
     device: str | None = None,
     threshold: float | None = None,

@@ -1,9 +1,10 @@
 """FAISS inner-product index over speaker voiceprints: a derived, rebuildable cache.
 
-The index file holds a small JSON header (format, kind, generation, dim, count) followed by the
-serialized FAISS index, written to a temporary file and renamed, so a reader sees either the old
-or the new index, never half of one. The header's ``generation`` must equal the database's for
-the index to be trusted; otherwise it is rebuilt from the database.
+The index file holds a small JSON header (format, kind, generation, registry uid, dim, count)
+followed by the serialized FAISS index, written to a temporary file and renamed, so a reader sees
+either the old or the new index, never half of one. The header's ``generation`` is the last
+change-log sequence the index contains and ``uid`` the registry it belongs to; ``cache.py``
+brings an older index up to date from the change log or rebuilds it.
 
 Kinds:
 - ``flat``: exact brute force (default below ``LARGE_SPEAKERS``);
@@ -97,6 +98,7 @@ class VectorIndex:
     dim: int
     generation: int
     stale: int = 0  # HNSW entries that no longer reflect the database
+    uid: str | None = None  # the registry this index belongs to
 
     @classmethod
     def build(
@@ -119,6 +121,11 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def live(self) -> int:
+        """Entries that stand for a speaker (``ntotal`` minus stale ones)."""
+        return self.ntotal - self.stale
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
@@ -144,8 +151,12 @@ class VectorIndex:
         # Approximate indexes cannot delete: zero the exact vectors so a removed voiceprint
         # no longer exists in the index; the entry stays as a stale one.
         labels = faiss.vector_to_array(self.index.id_map)
+        storage = self._exact_storage()
         positions = np.flatnonzero(np.isin(labels, ids))
-        self._exact_storage()[positions] = 0.0
+        positions = positions[np.any(storage[positions] != 0.0, axis=1)]  # not yet stale
+        if not len(positions):
+            return
+        storage[positions] = 0.0
         self.stale += len(positions)
         if self.kind == "pq" and (purge or self.stale > PQ_MAX_STALE):
             self.compact()
@@ -180,6 +191,7 @@ class VectorIndex:
                     "generation": self.generation,
                     "ntotal": self.ntotal,
                     "stale": self.stale,
+                    "uid": self.uid,
                 }
             ).encode()
             + b"\n"
@@ -227,4 +239,11 @@ class VectorIndex:
                 faiss.downcast_index(index.index).k_factor = PQ_K_FACTOR
         except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
             raise RegistryCorruptError(f"{path}: unreadable index ({exc})") from None
-        return cls(index, header["kind"], header["dim"], header["generation"], header["stale"])
+        return cls(
+            index,
+            header["kind"],
+            header["dim"],
+            header["generation"],
+            header["stale"],
+            header.get("uid"),
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -20,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003c"
 
 
 def utcnow() -> datetime:
@@ -32,7 +33,8 @@ class Base(DeclarativeBase):
 
 
 class RegistryRow(Base):
-    """Exactly one row: the model the registry is bound to, its settings and write generation."""
+    """Exactly one row: the model the registry is bound to, its settings, its identity and
+    write generation (the sequence number of the last change in the change log)."""
 
     __tablename__ = "registry"
 
@@ -47,6 +49,21 @@ class RegistryRow(Base):
     threshold_asnorm_source: Mapped[str | None] = mapped_column(Text, nullable=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    #: Random identity of this registry (a copy or a re-created database gets another one), so
+    #: an index cache can never be mistaken for another registry's at the same generation.
+    uid: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Change(Base):
+    """The change log: every write appends the speakers whose voiceprint it wrote or removed,
+    under its sequence number (``registry.generation`` after the write). Index caches apply
+    what is newer than their own sequence instead of rebuilding; old entries are pruned."""
+
+    __tablename__ = "changes"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    speaker_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    op: Mapped[str] = mapped_column(String(1))  # "u": upserted, "r": removed
 
 
 class Speaker(Base):

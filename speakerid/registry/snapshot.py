@@ -1,18 +1,19 @@
-"""Whole-registry snapshot and restore (backups), mixed into :class:`~.store.Registry`.
+"""Whole-registry snapshot and restore (backups, copies between databases).
 
-``snapshot`` reads the binding, every speaker and every utterance under the registry lock, so a
-concurrent write can never give a backup half of an enrollment. ``restore`` writes a snapshot
-back in ONE transaction under the lock, binding a new registry to the snapshot's model identity
-without loading any model, and then updates the index like every other write. Stored vectors
-are written exactly as given (no re-normalisation), so a round trip is bit for bit.
-
-The host class provides ``lock``, ``Session``, ``_existing_names``, ``_loaded_index_locked`` and
-``_update_index_locked``.
+:func:`take_snapshot` reads the binding, every speaker and every utterance in a session that
+sees one committed state (the registry gives it one: under the lock on SQLite, a repeatable-read
+transaction on PostgreSQL), so a concurrent write can never give a backup half of an enrollment.
+:func:`restore_into` writes a snapshot back inside the caller's write transaction, binding a new
+registry to the snapshot's model identity without loading any model; the caller logs the changes
+like every other write. Stored vectors are written exactly as given (no re-normalisation), so a
+round trip is bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,137 +79,131 @@ class RestoreReport:
     bound: bool  # True when this restore bound a new registry
 
 
-class Snapshots:
-    """Read the whole registry (``snapshot``) and write one back (``restore``)."""
-
-    def snapshot(self) -> tuple[BindingRecord | None, list[SpeakerRecord]]:
-        """The binding and every speaker (by name) with its utterances (in enrollment order)."""
-        with self.lock.hold(), self.Session() as s:
-            reg = s.get(RegistryRow, 1)
-            if reg is None:
-                return None, []
-            binding = BindingRecord(
-                reg.model_name,
-                reg.model_ref,
-                reg.model_sha256,
-                reg.dim,
-                reg.created,
-                reg.threshold,
-                reg.threshold_source,
-                reg.threshold_asnorm,
-                reg.threshold_asnorm_source,
-            )
-            utts: dict[int, list[UtteranceRecord]] = {}
-            for sid, emb, src, dur, sha, created in s.execute(
-                select(
-                    Utterance.speaker_id,
-                    Utterance.embedding,
-                    Utterance.source,
-                    Utterance.duration,
-                    Utterance.audio_sha256,
-                    Utterance.created,
-                ).order_by(Utterance.speaker_id, Utterance.id)
-            ):
-                utts.setdefault(sid, []).append(
-                    UtteranceRecord(from_blob(emb), src, dur, sha, created)
-                )
-            speakers = [
-                SpeakerRecord(
-                    name,
-                    json.loads(meta) if meta else None,
-                    created,
-                    updated,
-                    from_blob(vp),
-                    tuple(utts.get(sid, ())),
-                )
-                for sid, name, meta, created, updated, vp in s.execute(
-                    select(
-                        Speaker.id,
-                        Speaker.name,
-                        Speaker.meta,
-                        Speaker.created,
-                        Speaker.updated,
-                        Speaker.voiceprint,
-                    ).order_by(Speaker.name)
-                )
-            ]
-        return binding, speakers
-
-    def restore(
-        self,
-        binding: BindingRecord,
-        speakers: Sequence[SpeakerRecord],
-        on_conflict: str = "error",
-    ) -> RestoreReport:
-        """Write a snapshot back, all or nothing.
-
-        An unbound registry is bound to ``binding`` (thresholds included); a bound one must be
-        bound to the same model (sha256). Speakers already present are an error, or are kept
-        (``on_conflict="skip"``) or replaced (``"replace"``). Audio already enrolled for a
-        speaker that stays is refused, as in enrollment.
-        """
-        if on_conflict not in CONFLICT_MODES:
-            raise InvalidInputError(
-                f"on_conflict must be one of {', '.join(CONFLICT_MODES)}, got {on_conflict!r}"
-            )
-        names = [sp.name for sp in speakers]
-        if len(set(names)) != len(names):
-            raise InvalidInputError("the same speaker name appears twice in the backup")
-        with self.lock.hold():
-            index = self._loaded_index_locked()
-            with self.Session.begin() as s:
-                reg = s.get(RegistryRow, 1)
-                bound = reg is None
-                if reg is None:
-                    reg = _bind_row(s, binding)
-                elif reg.model_sha256 != binding.model_sha256 or reg.dim != binding.dim:
-                    raise ModelMismatchError(
-                        f"registry is bound to model {reg.model_name!r} (sha256 "
-                        f"{reg.model_sha256[:12]}); the backup holds embeddings of "
-                        f"{binding.model_name!r} (sha256 {binding.model_sha256[:12]}), which "
-                        f"are not comparable: import it into another --db"
-                    )
-                fill = bound or s.scalar(select(Speaker.id).limit(1)) is None
-                if fill:  # a restore, not a merge: the backup's thresholds apply
-                    _copy_thresholds(reg, binding)
-                existing = self._existing_names(s, names)
-                if existing and on_conflict == "error":
-                    shown = ", ".join(repr(n) for n in sorted(existing)[:3])
-                    more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-                    raise SpeakerExistsError(
-                        f"{len(existing)} speaker(s) of the backup already exist in the "
-                        f"registry ({shown}{more}); use --skip-existing to keep them or "
-                        f"--replace to overwrite them"
-                    )
-                removed = _delete_speakers(s, existing) if on_conflict == "replace" else []
-                keep = on_conflict == "skip"
-                todo = [sp for sp in speakers if not (keep and sp.name in existing)]
-                _refuse_enrolled_audio(s, todo)
-                ids = _insert_speakers(s, todo)
-                if ids or removed:
-                    reg.generation += 1
-                generation = reg.generation
-            if ids or removed:
-                vecs = (
-                    np.stack([sp.voiceprint for sp in todo])
-                    if todo
-                    else np.zeros((0, binding.dim), np.float32)
-                )
-                self._update_index_locked(
-                    index,
-                    generation,
-                    np.asarray(ids, np.int64),
-                    vecs,
-                    np.asarray(removed, np.int64),
-                )
-        return RestoreReport(
-            [sp.name for sp in todo],
-            sorted(existing) if on_conflict == "skip" else [],
-            sorted(existing) if on_conflict == "replace" else [],
-            sum(len(sp.utterances) for sp in todo),
-            fill,
-            bound,
+def take_snapshot(s: Session) -> tuple[BindingRecord | None, list[SpeakerRecord]]:
+    """The binding and every speaker (by name) with its utterances (in enrollment order)."""
+    reg = s.get(RegistryRow, 1)
+    if reg is None:
+        return None, []
+    binding = BindingRecord(
+        reg.model_name,
+        reg.model_ref,
+        reg.model_sha256,
+        reg.dim,
+        reg.created,
+        reg.threshold,
+        reg.threshold_source,
+        reg.threshold_asnorm,
+        reg.threshold_asnorm_source,
+    )
+    utts: dict[int, list[UtteranceRecord]] = {}
+    for sid, emb, src, dur, sha, created in s.execute(
+        select(
+            Utterance.speaker_id,
+            Utterance.embedding,
+            Utterance.source,
+            Utterance.duration,
+            Utterance.audio_sha256,
+            Utterance.created,
+        ).order_by(Utterance.speaker_id, Utterance.id)
+    ):
+        utts.setdefault(sid, []).append(UtteranceRecord(from_blob(emb), src, dur, sha, created))
+    rows = s.execute(
+        select(
+            Speaker.id,
+            Speaker.name,
+            Speaker.meta,
+            Speaker.created,
+            Speaker.updated,
+            Speaker.voiceprint,
         )
+    )
+    speakers = [
+        SpeakerRecord(
+            name,
+            json.loads(meta) if meta else None,
+            created,
+            updated,
+            from_blob(vp),
+            tuple(utts.get(sid, ())),
+        )
+        for sid, name, meta, created, updated, vp in rows
+    ]
+    speakers.sort(key=lambda sp: sp.name)  # code-point order, whatever the database's collation
+    return binding, speakers
+
+
+def records_checksum(speakers: Sequence[SpeakerRecord]) -> str:
+    """sha256 over every speaker (by name) with its voiceprint and its utterance embeddings in
+    enrollment order: equal for two registries that hold the same vectors, on any backend."""
+    h = hashlib.sha256()
+    for sp in sorted(speakers, key=lambda sp: sp.name):
+        h.update(sp.name.encode() + b"\0" + to_blob(sp.voiceprint))
+        for u in sp.utterances:
+            h.update(to_blob(u.vector))
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def restore_into(
+    s: Session,
+    binding: BindingRecord,
+    speakers: Sequence[SpeakerRecord],
+    on_conflict: str = "error",
+) -> tuple[RestoreReport, list[int], list[int]]:
+    """Write a snapshot inside the caller's write transaction, all or nothing.
+
+    An unbound registry is bound to ``binding`` (thresholds included); a bound one must be
+    bound to the same model (sha256). Speakers already present are an error, or are kept
+    (``on_conflict="skip"``) or replaced (``"replace"``). Audio already enrolled for a
+    speaker that stays is refused, as in enrollment. Returns the report and the ids written
+    and removed (for the change log).
+    """
+    if on_conflict not in CONFLICT_MODES:
+        raise InvalidInputError(
+            f"on_conflict must be one of {', '.join(CONFLICT_MODES)}, got {on_conflict!r}"
+        )
+    names = [sp.name for sp in speakers]
+    if len(set(names)) != len(names):
+        raise InvalidInputError("the same speaker name appears twice in the backup")
+    reg = s.get(RegistryRow, 1)
+    bound = reg is None
+    if reg is None:
+        reg = _bind_row(s, binding)
+    elif reg.model_sha256 != binding.model_sha256 or reg.dim != binding.dim:
+        raise ModelMismatchError(
+            f"registry is bound to model {reg.model_name!r} (sha256 "
+            f"{reg.model_sha256[:12]}); the backup holds embeddings of "
+            f"{binding.model_name!r} (sha256 {binding.model_sha256[:12]}), which "
+            f"are not comparable: import it into another --db"
+        )
+    fill = bound or s.scalar(select(Speaker.id).limit(1)) is None
+    if fill:  # a restore, not a merge: the backup's thresholds apply
+        _copy_thresholds(reg, binding)
+    existing: set[str] = set()
+    for chunk in _chunks(names):
+        existing.update(s.scalars(select(Speaker.name).where(Speaker.name.in_(chunk))))
+    if existing and on_conflict == "error":
+        shown = ", ".join(repr(n) for n in sorted(existing)[:3])
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise SpeakerExistsError(
+            f"{len(existing)} speaker(s) of the backup already exist in the "
+            f"registry ({shown}{more}); use --skip-existing to keep them or "
+            f"--replace to overwrite them"
+        )
+    removed = _delete_speakers(s, existing) if on_conflict == "replace" else []
+    keep = on_conflict == "skip"
+    todo = [sp for sp in speakers if not (keep and sp.name in existing)]
+    _refuse_enrolled_audio(s, todo)
+    ids = _insert_speakers(s, todo)
+    report = RestoreReport(
+        [sp.name for sp in todo],
+        sorted(existing) if on_conflict == "skip" else [],
+        sorted(existing) if on_conflict == "replace" else [],
+        sum(len(sp.utterances) for sp in todo),
+        fill,
+        bound,
+    )
+    return report, ids, removed
 
 
 def _bind_row(s: Session, b: BindingRecord) -> RegistryRow:
@@ -220,6 +215,7 @@ def _bind_row(s: Session, b: BindingRecord) -> RegistryRow:
         model_sha256=b.model_sha256,
         dim=b.dim,
         generation=0,
+        uid=uuid.uuid4().hex,
     )
     if b.created is not None:
         row.created = b.created

@@ -1,25 +1,28 @@
-"""The speaker registry: SQLite (truth) + FAISS (derived cache), all writes atomic and locked.
+"""The speaker registry's storage: speakers, utterances, binding and the change log.
 
-Every write runs under the registry's file lock in one database transaction that also bumps the
-registry's ``generation``; only after the commit is the index updated and saved with the new
-generation. A crash between the two leaves an index whose generation is behind the database's,
-which the next reader detects and rebuilds. Index maintenance and search live in
-``cache.py`` (mixed in), whole-registry snapshot/restore for backups in ``snapshot.py`` (mixed
-in), the blob format in ``vectors.py``.
+The database (SQLite or PostgreSQL, see ``database.py``) is the truth. Every write is one
+transaction under the registry's write lock that also appends the speakers whose voiceprint it
+wrote or removed to the change log, under a new sequence number (``registry.generation``).
+Search is a separate object, the :class:`~.cache.IndexCache`, which this registry feeds
+(``head``, ``changes_since``, ``all_voiceprints``, ``voiceprints_by_id``) and asks to follow
+each commit. Whole-registry snapshot/restore for backups and copies live in ``snapshot.py``,
+the blob format in ``vectors.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import unicodedata
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from ..errors import (
     DuplicateEnrollmentError,
@@ -27,21 +30,31 @@ from ..errors import (
     InvalidInputError,
     InvalidNameError,
     ModelMismatchError,
-    RegistryNotFoundError,
+    RegistryCorruptError,
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
-from ..results import EnrollResult, SpeakerInfo, UtteranceInfo
-from .cache import IndexedSearch
-from .database import FileLock, open_engine
-from .index import VectorIndex, choose_kind
-from .schema import RegistryRow, Speaker, Utterance, utcnow
-from .snapshot import Snapshots
+from ..results import Candidate, EnrollResult, IndexReport, SpeakerInfo, UtteranceInfo
+from .cache import Changes, Head, IndexCache
+from .database import Database, DatabaseURL
+from .index import VectorIndex
+from .schema import Change, RegistryRow, Speaker, Utterance, utcnow
+from .snapshot import (
+    BindingRecord,
+    RestoreReport,
+    SpeakerRecord,
+    records_checksum,
+    restore_into,
+    take_snapshot,
+)
 from .vectors import from_blob, to_blob, unit
 
 log = logging.getLogger("speakerid")
 
 MAX_NAME_LENGTH = 200
+#: Writes whose change-log entries are kept; an index cache further behind rebuilds.
+LOG_KEEP = 10_000
+_CHUNK = 900  # bound parameters per IN (...) query
 
 
 @dataclass(frozen=True)
@@ -64,30 +77,56 @@ def check_name(name: str) -> str:
     return clean
 
 
-class Registry(IndexedSearch, Snapshots):
-    """Speakers and their embeddings in one SQLite file, searchable through FAISS."""
+class Registry:
+    """Speakers and their embeddings in one database, searchable through an index cache."""
 
-    def __init__(self, path: str | Path, index_kind: str = "auto", create: bool = True) -> None:
-        self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise RegistryNotFoundError(
-                f"no registry at {self.path}: enroll a speaker first to create it "
-                f"(speakerid enroll NAME FILE...), or pass --db PATH of an existing one"
-            )
-        self.index_path = self.path.with_name(self.path.name + ".index")
-        self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
-        self.index_kind = index_kind
-        choose_kind(0, index_kind)  # validate early
-        self.engine = open_engine(self.path, self.lock)
-        self.Session = sessionmaker(self.engine, expire_on_commit=False)
-        self._index: VectorIndex | None = None
+    def __init__(
+        self,
+        location: str | os.PathLike | DatabaseURL,
+        index_kind: str = "auto",
+        create: bool = True,
+        cache_dir: Path | None = None,
+    ) -> None:
+        location = DatabaseURL.parse(location)
+        if cache_dir is None:
+            from .. import config
+
+            cache_dir = config.home_dir()
+        index_path = location.index_path(cache_dir)
+        self.cache = IndexCache(self, index_path, index_kind, keep=LOG_KEEP)  # validates kind
+        self.db = Database(location, create=create)
+        self.location = self.db.location
+        #: The SQLite file (None for a server database).
+        self.path = self.location.path
+        self.last_binding: RegistryRow | None = None
+
+    @property
+    def backend(self) -> str:
+        return self.db.backend
+
+    @property
+    def index_kind(self) -> str:
+        return self.cache.kind
+
+    @property
+    def index_path(self) -> Path:
+        return self.cache.path
 
     def close(self) -> None:
-        self.engine.dispose()
+        try:
+            self.cache.close()
+        finally:
+            self.db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- binding ---------------------------------------------------------------------------
     def binding(self) -> RegistryRow | None:
-        with self.Session() as s:
+        with self.db.Session() as s:
             return s.get(RegistryRow, 1)
 
     def bind(
@@ -105,7 +144,7 @@ class Registry(IndexedSearch, Snapshots):
         ``repair_ref`` a bound registry whose stored reference no longer resolves (the file
         moved) remembers the new one, since the sha256 proves it is the same model.
         """
-        with self.lock.hold(), self.Session.begin() as s:
+        with self.db.write() as s:
             row = s.get(RegistryRow, 1)
             if row is None:
                 row = RegistryRow(
@@ -116,11 +155,12 @@ class Registry(IndexedSearch, Snapshots):
                     dim=dim,
                     generation=0,
                     created=utcnow(),
+                    uid=uuid.uuid4().hex,
                 )
                 s.add(row)
             elif row.model_sha256 != sha256:
                 raise ModelMismatchError(
-                    f"registry {self.path} is bound to model {row.model_name!r} (sha256 "
+                    f"registry {self.location} is bound to model {row.model_name!r} (sha256 "
                     f"{row.model_sha256[:12]}); {model_name!r} (sha256 {sha256[:12]}) gives "
                     f"embeddings that are not comparable: use the registry's model or another --db"
                 )
@@ -132,7 +172,7 @@ class Registry(IndexedSearch, Snapshots):
     def set_threshold(
         self, threshold: float | None, source: str | None, asnorm: bool = False
     ) -> None:
-        with self.lock.hold(), self.Session.begin() as s:
+        with self.db.write() as s:
             row = s.get(RegistryRow, 1)
             if row is None:
                 raise EmptyRegistryError("registry has no model yet: enroll speakers first")
@@ -142,12 +182,145 @@ class Registry(IndexedSearch, Snapshots):
                 row.threshold, row.threshold_source = threshold, source
 
     def generation(self) -> int:
-        with self.Session() as s:
-            return s.scalar(select(RegistryRow.generation).where(RegistryRow.id == 1)) or 0
+        return self.head().generation
+
+    # --- change log (the index cache's feed) -------------------------------------------------
+    def head(self) -> Head:
+        """Last change sequence, identity and dimension: one primary-key lookup. The whole
+        registry row it read stays in ``last_binding`` (a search's threshold needs no query)."""
+        with self.db.Session() as s:
+            row = s.get(RegistryRow, 1)
+        self.last_binding = row
+        return Head(0, None, None) if row is None else Head(row.generation, row.uid, row.dim)
+
+    def changes_since(self, seq: int, limit: int) -> Changes | None:
+        """Speakers changed after ``seq`` with their current voiceprints (None for removed
+        ones), read in one statement; None when more than ``limit`` rows are pending."""
+        # a scalar subquery, not a join: one primary-key lookup per change whatever the
+        # planner's statistics say (a hash join would scan every voiceprint)
+        current = (
+            select(Speaker.voiceprint).where(Speaker.id == Change.speaker_id).scalar_subquery()
+        )
+        with self.db.Session() as s:
+            rows = s.execute(
+                select(Change.seq, Change.speaker_id, current)
+                .where(Change.seq > seq)
+                .order_by(Change.seq)
+                .limit(limit + 1)
+            ).all()
+        if len(rows) > limit:
+            return None
+        latest: dict[int, bytes | None] = {}
+        for _, sid, vp in rows:
+            latest[sid] = vp
+        ups = [(sid, vp) for sid, vp in latest.items() if vp is not None]
+        dim = len(ups[0][1]) // 4 if ups else 1
+        return Changes(
+            frozenset(r[0] for r in rows),
+            np.fromiter((sid for sid, _ in ups), np.int64, len(ups)),
+            np.frombuffer(b"".join(vp for _, vp in ups), "<f4").reshape(len(ups), dim),
+            np.fromiter((sid for sid, vp in latest.items() if vp is None), np.int64),
+        )
+
+    def _log_changes(self, s: Session, upserted, removed) -> int:
+        """Append one write's changes under the next sequence number (same transaction) and
+        prune entries older than ``LOG_KEEP`` writes. Returns the new sequence number."""
+        reg = s.get(RegistryRow, 1)
+        reg.generation += 1
+        seq = reg.generation
+        rows = [{"seq": seq, "speaker_id": int(i), "op": "u"} for i in upserted]
+        gone = {int(i) for i in removed} - {int(i) for i in upserted}
+        rows += [{"seq": seq, "speaker_id": i, "op": "r"} for i in sorted(gone)]
+        for i in range(0, len(rows), 10000):
+            s.execute(insert(Change), rows[i : i + 10000])
+        if seq > LOG_KEEP:
+            s.execute(delete(Change).where(Change.seq <= seq - LOG_KEEP))
+        return seq
+
+    def voiceprints_by_id(self, ids: list[int]) -> dict[int, tuple[str, np.ndarray]]:
+        out: dict[int, tuple[str, np.ndarray]] = {}
+        with self.db.Session() as s:
+            for i in range(0, len(ids), _CHUNK):
+                for sid, name, vp in s.execute(
+                    select(Speaker.id, Speaker.name, Speaker.voiceprint).where(
+                        Speaker.id.in_(ids[i : i + _CHUNK])
+                    )
+                ):
+                    out[sid] = (name, from_blob(vp))
+        return out
+
+    # --- search (delegated to the index cache) -------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> list[list[Candidate]]:
+        """Top-``k`` speakers per query by cosine, exactly re-scored against the database."""
+        return self.cache.search(queries, k)
+
+    def ensure_index(self) -> VectorIndex:
+        """The index as of the database's current state (applied or rebuilt as needed)."""
+        return self.cache.sync()
+
+    def rebuild_index(self) -> IndexReport:
+        return self.cache.rebuild(self.counts()[0])
+
+    def check_index(self) -> IndexReport:
+        return self.cache.check(self.counts()[0])
+
+    # --- snapshots (backups, copies) --------------------------------------------------------
+    def snapshot(self) -> tuple[BindingRecord | None, list[SpeakerRecord]]:
+        """The binding and every speaker with its utterances, as of one committed state."""
+        with self.db.snapshot() as s:
+            return take_snapshot(s)
+
+    def restore(
+        self,
+        binding: BindingRecord,
+        speakers: Sequence[SpeakerRecord],
+        on_conflict: str = "error",
+    ) -> RestoreReport:
+        """Write a snapshot back, all or nothing (see :func:`.snapshot.restore_into`)."""
+        with self.db.write() as s:
+            report, ids, removed = restore_into(s, binding, speakers, on_conflict)
+            if ids or removed:
+                self._log_changes(s, ids, removed)
+        if ids or removed:
+            self.cache.after_write()
+        return report
+
+    def checksum(self) -> str:
+        """:func:`.snapshot.records_checksum` of the whole registry (one committed state)."""
+        return records_checksum(self.snapshot()[1])
+
+    def copy_in(self, binding: BindingRecord, speakers: Sequence[SpeakerRecord]) -> str:
+        """Fill an empty registry with another registry's snapshot. The copy is read back and
+        compared (counts, checksum of all vectors) inside the transaction: a mismatch rolls it
+        back. Returns the checksum."""
+        want = records_checksum(speakers)
+        with self.db.write() as s:
+            if s.scalar(select(Speaker.id).limit(1)) is not None:
+                raise SpeakerExistsError(
+                    f"registry {self.location} already holds speakers: copy into a new or "
+                    f"empty registry"
+                )
+            _, ids, _ = restore_into(s, binding, speakers, "error")
+            s.flush()
+            _, written = take_snapshot(s)
+            counts = (len(written), sum(len(sp.utterances) for sp in written))
+            expected = (len(speakers), sum(len(sp.utterances) for sp in speakers))
+            got = records_checksum(written)
+            if counts != expected or got != want:
+                raise RegistryCorruptError(
+                    f"copy to {self.location} does not read back identically ({counts[0]} "
+                    f"speakers, {counts[1]} utterances, checksum {got[:12]}; expected "
+                    f"{expected[0]}, {expected[1]}, {want[:12]}): nothing was written"
+                )
+            if ids:
+                self._log_changes(s, ids, [])
+        if ids:
+            self.cache.after_write()
+        return want
 
     # --- reads -----------------------------------------------------------------------------
     def counts(self) -> tuple[int, int]:
-        with self.Session() as s:
+        with self.db.Session() as s:
             return (
                 s.scalar(select(func.count(Speaker.id))) or 0,
                 s.scalar(select(func.count(Utterance.id))) or 0,
@@ -155,11 +328,11 @@ class Registry(IndexedSearch, Snapshots):
 
     def is_empty(self) -> bool:
         """O(1), unlike ``counts()`` (a full count is milliseconds at 1M speakers)."""
-        with self.Session() as s:
+        with self.db.Session() as s:
             return s.scalar(select(Speaker.id).limit(1)) is None
 
     def speakers(self) -> list[SpeakerInfo]:
-        with self.Session() as s:
+        with self.db.Session() as s:
             rows = s.execute(
                 select(
                     Speaker.name,
@@ -170,12 +343,12 @@ class Registry(IndexedSearch, Snapshots):
                 )
                 .outerjoin(Utterance)
                 .group_by(Speaker.id)
-                .order_by(Speaker.name)
             ).all()
+        rows.sort(key=lambda r: r[0])  # code-point order, whatever the database's collation
         return [SpeakerInfo(n, c, cr, up, json.loads(m) if m else None) for n, c, cr, up, m in rows]
 
     def exists(self, name: str) -> bool:
-        with self.Session() as s:
+        with self.db.Session() as s:
             return s.scalar(select(Speaker.id).where(Speaker.name == check_name(name))) is not None
 
     def _get(self, s: Session, name: str) -> Speaker:
@@ -185,7 +358,7 @@ class Registry(IndexedSearch, Snapshots):
         return spk
 
     def speaker(self, name: str) -> SpeakerInfo:
-        with self.Session() as s:
+        with self.db.Session() as s:
             spk = self._get(s, name)
             utts = [
                 UtteranceInfo(u.source, u.duration, u.audio_sha256, u.created)
@@ -201,17 +374,17 @@ class Registry(IndexedSearch, Snapshots):
             )
 
     def voiceprint(self, name: str) -> np.ndarray:
-        with self.Session() as s:
+        with self.db.Session() as s:
             return from_blob(self._get(s, name).voiceprint).copy()
 
     def utterance_embeddings(self, name: str) -> np.ndarray:
-        with self.Session() as s:
+        with self.db.Session() as s:
             spk = self._get(s, name)
             return np.stack([from_blob(u.embedding) for u in spk.utterances])
 
     def all_voiceprints(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(ids, [n, dim] voiceprints, names) of every speaker."""
-        with self.Session() as s:
+        with self.db.Session() as s:
             rows = s.execute(
                 select(Speaker.id, Speaker.voiceprint, Speaker.name).order_by(Speaker.id)
             ).all()
@@ -231,7 +404,7 @@ class Registry(IndexedSearch, Snapshots):
         """
         wanted = list(dict.fromkeys(h for h in hashes if h))
         found: dict[str, str] = {}
-        with self.Session() as s:
+        with self.db.Session() as s:
             for i in range(0, len(wanted), 900):
                 rows = s.execute(
                     select(Utterance.audio_sha256, Speaker.name)
@@ -265,54 +438,43 @@ class Registry(IndexedSearch, Snapshots):
         for name, (_, utts) in zip(names, items):
             if not utts:
                 raise InvalidInputError(f"no utterances given for {name!r}")
-        with self.lock.hold():
-            index = self._loaded_index_locked()
-            results, upserts, replaced = [], {}, []
-            with self.Session.begin() as s:
-                reg = s.get(RegistryRow, 1)
-                if reg is None:
-                    raise EmptyRegistryError("registry has no model binding; bind it first")
-                existing = self._existing_names(s, names)
-                plain = [
-                    (n, u)
-                    for n, (_, u) in zip(names, items)
-                    if n not in existing and all(x.sha256 is None for x in u)
-                ]
-                done: set[str] = set()
-                if len(plain) > 1:  # bulk path: many new speakers without audio hashes
-                    for res, sid, vp in self._insert_new(s, reg.dim, plain, metadata):
-                        results.append(res)
-                        upserts[sid] = vp
-                    done = {n for n, _ in plain}
-                for name, (_, utts) in zip(names, items):
-                    if name in done:
-                        continue
-                    res, sid, vp, existed = self._enroll_one(
-                        s, reg.dim, name, utts, append, metadata
-                    )
+        results, upserts = [], {}
+        with self.db.write() as s:
+            reg = s.get(RegistryRow, 1)
+            if reg is None:
+                raise EmptyRegistryError("registry has no model binding; bind it first")
+            existing = self._existing_names(s, names)
+            plain = [
+                (n, u)
+                for n, (_, u) in zip(names, items)
+                if n not in existing and all(x.sha256 is None for x in u)
+            ]
+            done: set[str] = set()
+            if len(plain) > 1:  # bulk path: many new speakers without audio hashes
+                for res, sid, _vp in self._insert_new(s, reg.dim, plain, metadata):
                     results.append(res)
-                    if res.added:
-                        upserts[sid] = vp
-                        if existed:
-                            replaced.append(sid)
-                order = {n: i for i, n in enumerate(names)}
-                results.sort(key=lambda r: order[r.speaker])
-                if upserts:
-                    reg.generation += 1
-                generation = reg.generation
+                    upserts[sid] = True
+                done = {n for n, _ in plain}
+            for name, (_, utts) in zip(names, items):
+                if name in done:
+                    continue
+                res, sid, _vp, _existed = self._enroll_one(s, reg.dim, name, utts, append, metadata)
+                results.append(res)
+                if res.added:
+                    upserts[sid] = True
+            order = {n: i for i, n in enumerate(names)}
+            results.sort(key=lambda r: order[r.speaker])
             if upserts:
-                ids = np.fromiter(upserts, dtype=np.int64, count=len(upserts))
-                vecs = np.stack(list(upserts.values()))
-                self._update_index_locked(
-                    index, generation, ids, vecs, np.asarray(replaced, np.int64)
-                )
+                self._log_changes(s, list(upserts), [])
+        if upserts:
+            self.cache.after_write()
         return results
 
     @staticmethod
     def _existing_names(s: Session, names: list[str]) -> set[str]:
         found: set[str] = set()
-        for i in range(0, len(names), 900):
-            chunk = names[i : i + 900]
+        for i in range(0, len(names), _CHUNK):
+            chunk = names[i : i + _CHUNK]
             found.update(s.scalars(select(Speaker.name).where(Speaker.name.in_(chunk))))
         return found
 
@@ -433,28 +595,18 @@ class Registry(IndexedSearch, Snapshots):
 
     def remove(self, name: str) -> int:
         """Delete a speaker and all its embeddings (database and index). Returns utterances."""
-        with self.lock.hold():
-            index = self._loaded_index_locked()
-            with self.Session.begin() as s:
-                spk = self._get(s, name)
-                sid, count = spk.id, len(spk.utterances)
-                s.execute(delete(Utterance).where(Utterance.speaker_id == sid))
-                s.execute(delete(Speaker).where(Speaker.id == sid))
-                reg = s.get(RegistryRow, 1)
-                reg.generation += 1
-                generation = reg.generation
-            self._update_index_locked(
-                index,
-                generation,
-                np.zeros(0, np.int64),
-                np.zeros((0, 1), np.float32),
-                np.asarray([sid], np.int64),
-            )
+        with self.db.write() as s:
+            spk = self._get(s, name)
+            sid, count = spk.id, len(spk.utterances)
+            s.execute(delete(Utterance).where(Utterance.speaker_id == sid))
+            s.execute(delete(Speaker).where(Speaker.id == sid))
+            self._log_changes(s, [], [sid])
+        self.cache.after_write()
         return count
 
     def rename(self, old: str, new: str) -> None:
         new = check_name(new)
-        with self.lock.hold(), self.Session.begin() as s:
+        with self.db.write() as s:
             spk = self._get(s, old)
             if spk.name == new:
                 return
