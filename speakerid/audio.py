@@ -15,7 +15,7 @@ import hashlib
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -40,8 +40,18 @@ MIN_SECONDS = 0.5
 #: Peak amplitude below which audio counts as silent (-80 dBFS, about 3 LSB of 16-bit PCM).
 SILENCE_PEAK = 1e-4
 
-AudioSource = Union[str, os.PathLike, bytes]
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif"}
+
+
+@dataclass(frozen=True)
+class AudioBytes:
+    """Encoded audio held in memory under a display name (e.g. ``"-"`` for standard input)."""
+
+    data: bytes = field(repr=False)
+    name: str = "<bytes>"
+
+
+AudioSource = Union[str, os.PathLike, bytes, AudioBytes]
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,18 @@ class AudioClip:
         return len(self.samples) / SAMPLE_RATE
 
 
+def source_name(source: AudioSource) -> str:
+    """How errors and results name a source: its path, ``AudioBytes.name`` or ``<bytes>``."""
+    if isinstance(source, AudioBytes):
+        return source.name
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return str(source)
+
+
 def _read_bytes(source: AudioSource) -> tuple[bytes, str]:
+    if isinstance(source, AudioBytes):
+        return bytes(source.data), source.name
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), "<bytes>"
     path = Path(source)

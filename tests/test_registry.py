@@ -260,7 +260,8 @@ def test_schema_is_alembic_managed_and_head_matches_code(sid):
     assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION
     Registry(sid.path).close()
     with sqlite3.connect(sid.path) as con:
-        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
+        version = con.execute("select version_num from alembic_version").fetchone()[0]
+        assert version == SCHEMA_REVISION
         assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
@@ -341,7 +342,8 @@ def test_old_database_is_upgraded_in_place_with_data_intact(tmp_path):
         sid.set_threshold(1.7, "calibrated", asnorm=True)
         assert sid.threshold(asnorm=True) == (1.7, "calibrated")
     with sqlite3.connect(path) as con:
-        assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
+        version = con.execute("select version_num from alembic_version").fetchone()[0]
+        assert version == SCHEMA_REVISION
 
 
 def test_pq_index_is_exact_after_refine_and_purges_removed_speakers(tmp_path, tiny_ckpt):

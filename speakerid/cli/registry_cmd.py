@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import server_url
 from ..errors import InvalidInputError
 from ..quality import MIN_SPEECH_SECONDS
 from .common import (
@@ -19,6 +20,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    ServerOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
@@ -58,11 +60,12 @@ def enroll(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll a speaker from one or more recordings (all-or-nothing)."""
     with (
-        open_service(db, model, device, json_mode=json_out) as sid,
+        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
     ):
         res = sid.enroll(
@@ -128,11 +131,12 @@ def identify(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Who is speaking? Open-set: below the threshold the answer is 'unknown'."""
     with (
-        open_service(db, model, device, json_mode=json_out) as sid,
+        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
         progress_bar("identifying", len(files), show_progress(json_out)) as advance,
     ):
         results = sid.identify_many(
@@ -158,10 +162,11 @@ def verify(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error."""
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid:
         r = sid.verify(name, file, threshold=threshold, asnorm=asnorm)
     if json_out:
         emit_json(r.to_dict())
@@ -184,10 +189,11 @@ def compare(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1."""
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid:
         r = sid.compare(file1, file2, threshold=threshold)
     if json_out:
         emit_json(r.to_dict())

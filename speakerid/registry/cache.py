@@ -13,6 +13,7 @@ The host class provides ``path``, ``index_path``, ``index_kind``, ``lock``, ``Se
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 from sqlalchemy import select
@@ -27,6 +28,10 @@ log = logging.getLogger("speakerid")
 
 #: Rebuild an HNSW index once this fraction of its entries is outdated.
 STALE_REBUILD_FRACTION = 0.2
+#: Writes update the in-memory FAISS index in place (add/remove may reallocate its storage), so
+#: in a process that searches from several threads (``speakerid serve``) a search must not run
+#: during an update. Held only around those calls (searches take milliseconds at most).
+_INDEX_GUARD = threading.Lock()
 
 
 class IndexedSearch:
@@ -71,10 +76,11 @@ class IndexedSearch:
             self._rebuild_locked()
             return
         gone = np.setdiff1d(replaced, ids)  # speakers removed, not updated: purge them
-        index.remove(gone, purge=True)
-        index.remove(np.intersect1d(replaced, ids), purge=False)
-        index.add(ids, vecs)
-        index.generation = generation
+        with _INDEX_GUARD:
+            index.remove(gone, purge=True)
+            index.remove(np.intersect1d(replaced, ids), purge=False)
+            index.add(ids, vecs)
+            index.generation = generation
         if index.kind == "hnsw" and index.stale > STALE_REBUILD_FRACTION * max(index.ntotal, 1):
             self._rebuild_locked()
             return
@@ -162,7 +168,8 @@ class IndexedSearch:
             )
         q = unit(np.atleast_2d(queries))
         fetch = k if idx.kind == "flat" else min(max(4 * k, 32) + idx.stale, idx.ntotal)
-        _, ids = idx.search(q, fetch)
+        with _INDEX_GUARD:
+            _, ids = idx.search(q, fetch)
         wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
         with self.Session() as s:
             rows = (
