@@ -248,7 +248,8 @@ class Client:
 
     # --- management ------------------------------------------------------------------------
     def list(self) -> list[SpeakerInfo]:
-        return [_speaker(d) for d in self._call("GET", "/v1/speakers")]
+        rows = self._call("GET", "/v1/speakers", params={"metadata": "true"})
+        return [_speaker(d) for d in rows]
 
     def show(self, name: str) -> SpeakerInfo:
         return _speaker(self._call("GET", f"/v1/speakers/{quote(name, safe='')}"))

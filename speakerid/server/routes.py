@@ -109,12 +109,17 @@ async def set_threshold(request: Request, body: S.ThresholdIn) -> dict[str, Any]
     "/v1/speakers",
     tags=["speakers"],
     dependencies=[READ],
-    responses={**ok(list[S.SpeakerRow]), **errors()},
+    responses={**ok(list[S.SpeakerRow]), **errors(400)},
 )
-async def list_speakers(request: Request) -> list[dict[str, Any]]:
-    """Enrolled speakers (``speakerid list --json``)."""
+async def list_speakers(
+    request: Request,
+    metadata: bool = Query(False, description="Include each speaker's metadata"),
+) -> list[dict[str, Any]]:
+    """Enrolled speakers (``speakerid list --json``; with ``metadata``, as the Python API)."""
     state = _state(request)
     rows = await state.run(state.sid.list)
+    if metadata:
+        return [r.to_dict() for r in rows]
     return [{k: v for k, v in r.to_dict().items() if k != "metadata"} for r in rows]
 
 

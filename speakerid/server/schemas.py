@@ -74,6 +74,7 @@ class SpeakerRow(_Open):
     utterances: int
     created: str
     updated: str
+    metadata: dict[str, Any] | None = Field(None, description="Only with ?metadata=true")
 
 
 class SourceRow(_Open):
@@ -84,7 +85,7 @@ class SourceRow(_Open):
 
 
 class SpeakerDetail(SpeakerRow):
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(None, description="When the speaker has metadata")
     sources: list[SourceRow] = []
 
 
