@@ -368,3 +368,23 @@ def httpx_quote(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="")
+
+
+def test_keep_alive_requests_do_not_wait_for_delayed_acks(srv, http):
+    """The listening socket says it is TCP, so asyncio sets TCP_NODELAY on every connection:
+    without it each keep-alive response waited ~40 ms for the client's delayed ACK."""
+    import socket
+    import statistics
+    import time
+
+    from speakerid.server.runner import bind
+
+    sock = bind("127.0.0.1", 0)
+    assert sock.proto == socket.IPPROTO_TCP
+    sock.close()
+    took = []
+    for _ in range(11):
+        t = time.perf_counter()
+        assert http.get("/healthz").status_code == 200
+        took.append(time.perf_counter() - t)
+    assert statistics.median(took) < 0.03, took
