@@ -246,3 +246,19 @@ def test_sigterm_during_an_enrollment_finishes_it_then_exits(tmp_path):
     else:  # all or nothing
         assert stored == {}
     assert "response" in result  # and uvicorn did let it finish
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path):
+    """``--workers 2``: two processes, each with the model, behind one port; SIGTERM stops all."""
+    srv = Server(tmp_path, "--workers", "2").start()
+    with srv.client() as c:
+        r = c.post(
+            "/v1/speakers/alice/enrollments", files=[("files", clip_bytes(clips("so0003")[0]))]
+        )
+        assert r.status_code == 201
+    for _ in range(4):  # new connections: whichever worker answers sees the same registry
+        with srv.client() as c:
+            rows = c.post("/v1/identify", files=[("files", clip_bytes(clips("so0003")[1]))]).json()
+            assert rows[0]["candidates"][0]["speaker"] == "alice"
+    assert srv.stop() == 0
+    assert srv.logs().count("Application shutdown complete") == 2
