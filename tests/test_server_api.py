@@ -388,3 +388,36 @@ def test_keep_alive_requests_do_not_wait_for_delayed_acks(srv, http):
         assert http.get("/healthz").status_code == 200
         took.append(time.perf_counter() - t)
     assert statistics.median(took) < 0.03, took
+
+
+def test_not_ready_and_a_damaged_registry_are_503_not_500(tmp_path):
+    import asyncio
+
+    import httpx
+
+    from speakerid.server import create_app
+    from speakerid.server.app import ServerState
+    from speakerid.server.settings import ServerSettings
+
+    async def before_start():  # the app without its lifespan: model not loaded yet
+        app = create_app(state=ServerState(ServerSettings(db=str(tmp_path / "x.db"))))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            return [await c.get(p) for p in ("/readyz", "/v1/speakers", "/healthz")]
+
+    ready, speakers, health = asyncio.run(before_start())
+    problem(ready, 503, "NotReadyError", "the server is starting or stopping")
+    problem(speakers, 503, "NotReadyError")
+    assert health.status_code == 200
+
+    with Server(tmp_path) as s, s.client() as c:
+        assert c.post("/v1/speakers/a/enrollments", files=files(A[0])).status_code == 201
+        for f in s.db.parent.glob("registry.db*"):  # damage the database under the server
+            if not f.name.endswith((".index", ".lock")):
+                f.write_bytes(b"\0" * f.stat().st_size)
+        for r in (
+            c.get("/readyz"),
+            c.get("/v1/speakers"),
+            c.post("/v1/identify", files=files(A[1])),
+        ):
+            problem(r, 503, "NotReadyError", "the registry database does not answer: ")
+            assert "SELECT" not in r.text

@@ -37,6 +37,8 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(site):
+    if not Path(CHROMIUM).exists():  # CI installs it (.ci/run): a missing browser is a failure
+        pytest.fail("chromium is missing: apt-get install chromium (.ci/run does it as root)")
 
     _, work = site
     mic = Path(work) / "clip.wav"  # what the fake microphone plays, in a loop: real speech

@@ -94,7 +94,7 @@ class ServerState:
             speakers, _ = self.sid.registry.counts()
             auth = self.auth_mode
         except Exception as exc:  # any failure here means "not ready"
-            raise NotReadyError(f"the registry does not answer: {exc}") from None
+            raise NotReadyError(problems.registry_problem(exc)) from None
         return {
             "status": "ready",
             "model": b.model_name if b else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
-from ..errors import AuthenticationError, PermissionDeniedError
+from ..errors import AuthenticationError, NotReadyError, PermissionDeniedError
 from ..keys import KeyInfo
 
 #: Documents the scheme in the OpenAPI document; the header is parsed below.
@@ -29,6 +29,8 @@ def key_from_header(value: str | None) -> str | None:
 
 def authorize(state, header: str | None, scope: str) -> KeyInfo | None:
     """The key allowed to do ``scope`` (None when the server runs open), or a typed error."""
+    if not state.ready:
+        raise NotReadyError("the server is starting or stopping")
     if state.settings.no_auth:
         return None
     secret = key_from_header(header)

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import errors as E
@@ -66,6 +67,12 @@ def error_response(exc: E.SpeakerIDError) -> JSONResponse:
     return problem(status_of(exc), str(exc), type(exc).__name__)
 
 
+def registry_problem(exc: Exception) -> str:
+    """One line for a database failure (the driver's message, not the SQL statement)."""
+    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    return f"the registry database does not answer: {detail}"
+
+
 def _validation_detail(exc: RequestValidationError) -> str:
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
@@ -105,6 +112,11 @@ def install(app: FastAPI, limit_message) -> None:
         elif exc.status_code == 400 and "parsing the body" in detail:
             detail = "the request body is not valid multipart/form-data or JSON"
         return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def registry_unavailable(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.error("registry error in %s %s: %s", request.method, request.url.path, exc)
+        return problem(503, registry_problem(exc), "NotReadyError")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
