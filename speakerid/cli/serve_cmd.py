@@ -43,6 +43,12 @@ def serve(
     batch_wait_ms: Annotated[
         float, typer.Option("--batch-wait-ms", help="Wait for more requests before a batch.")
     ] = 2.0,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency", help="Requests in the service at once (0: 2 per core; GPU: 2 batches)."
+        ),
+    ] = 0,
     log_level: Annotated[
         str, typer.Option("--log-level", help="uvicorn log level (warning hides access logs).")
     ] = "info",
@@ -67,6 +73,7 @@ def serve(
         max_files=max_files,
         batch_max=batch_max,
         batch_wait_ms=batch_wait_ms,
+        concurrency=concurrency,
     )
     run(settings, log_level=log_level)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -46,6 +47,7 @@ class ServerState:
         self.started = False
         self.ready = False
         self.limiter: anyio.CapacityLimiter | None = None
+        self.concurrency = settings.concurrency or 1
 
     def start(self) -> None:
         """Load the model, bind or check the registry, warm the network up (seconds; raises
@@ -68,6 +70,7 @@ class ServerState:
             sid.wrap_embedder(batching)
             self.batcher = sid.embedder
             self.keys = sid.api_keys()
+            self.concurrency = s.concurrency or _auto_concurrency(sid.embedder.device.type, s)
         except BaseException:
             sid.close()
             raise
@@ -104,7 +107,7 @@ class ServerState:
 
     async def run(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Blocking library work in a worker thread (decoding, SQLite, waiting for the embedder),
-        at most ``settings.concurrency`` at once; the event loop only moves bytes."""
+        at most ``self.concurrency`` at once; the event loop only moves bytes."""
         if not self.ready:
             raise NotReadyError("the server is starting or stopping")
         call = functools.partial(fn, *args, **kwargs)
@@ -113,6 +116,16 @@ class ServerState:
     async def light(self, fn, *args: Any) -> Any:
         """Short blocking work (key checks, readiness) on anyio's default thread pool."""
         return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+def _auto_concurrency(device: str, settings: ServerSettings) -> int:
+    """Requests in the service at once. On CPU the network runs clip by clip, so more than a
+    few per core only adds threads that decode (and resample) against the compute thread; on
+    a GPU enough must wait together to fill a batch."""
+    if device == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+        return max(4, 2 * cores // settings.workers)
+    return max(8, 2 * settings.batch_max)
 
 
 def _page(name: str) -> str:
@@ -127,9 +140,9 @@ def create_app(settings: ServerSettings | None = None, state: ServerState | None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        state.limiter = anyio.CapacityLimiter(settings.concurrency)
         if not state.started:
             await anyio.to_thread.run_sync(state.start)
+        state.limiter = anyio.CapacityLimiter(state.concurrency)
         yield
         await anyio.to_thread.run_sync(state.stop)
 

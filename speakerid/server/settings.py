@@ -36,16 +36,17 @@ class ServerSettings:
     batch_max: int = 32
     #: How long the embedding worker waits for more requests before it starts a batch, ms.
     batch_wait_ms: float = 2.0
-    #: Requests inside the service at once (decoding, registry work, waiting for embeddings).
-    concurrency: int = 64
+    #: Requests inside the service at once (decoding, registry work, waiting for embeddings);
+    #: 0: automatic (see ``ServerState.start``). Others wait, without a thread, for their turn.
+    concurrency: int = 0
     #: Seconds that in-flight requests get to finish on SIGTERM/SIGINT.
     graceful_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0 or self.max_audio_seconds <= 0 or self.max_files < 1:
             raise InvalidInputError("limits must be positive")
-        if self.workers < 1 or self.batch_max < 1 or self.concurrency < 1:
-            raise InvalidInputError("--workers, batch size and concurrency must be at least 1")
+        if self.workers < 1 or self.batch_max < 1 or self.concurrency < 0:
+            raise InvalidInputError("--workers and the batch size must be at least 1")
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be 0-65535, got {self.port}")
         if self.batch_wait_ms < 0:
