@@ -269,9 +269,12 @@ class Client:
         d = self._call("GET", "/v1/threshold", params=self._params(asnorm=asnorm))
         return d["threshold"], d["source"]
 
-    def set_threshold(self, value: float | None, asnorm: bool = False) -> None:
+    def set_threshold(
+        self, value: float | None, source: str = "set by user", asnorm: bool = False
+    ) -> None:
         """Store the registry's threshold (``None`` forgets it); needs an admin key."""
-        self._call("PUT", "/v1/threshold", json={"threshold": value, "asnorm": asnorm})
+        body = {"threshold": value, "source": source, "asnorm": asnorm}
+        self._call("PUT", "/v1/threshold", json=body)
 
     def ready(self) -> dict[str, Any]:
         """``/readyz``: model, speakers, auth mode; raises ``NotReadyError`` when not ready."""

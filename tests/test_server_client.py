@@ -89,6 +89,11 @@ def test_client_has_speakerids_methods_and_results(srv):
         sid.enroll("carol", [C[0]])
         sid.rename("carol", "Carol")
         assert sid.remove("Carol") == 1
+        card = sid.threshold()
+        sid.set_threshold(0.5, "calibrated elsewhere")
+        assert sid.threshold() == (0.5, "calibrated elsewhere") == SpeakerID(db=srv.db).threshold()
+        sid.set_threshold(None)
+        assert sid.threshold() == card
 
 
 def test_client_raises_the_librarys_typed_errors(srv, tmp_path):

@@ -97,7 +97,7 @@ async def set_threshold(request: Request, body: S.ThresholdIn) -> dict[str, Any]
     state = _state(request)
 
     def work():
-        state.sid.set_threshold(body.threshold, "set by user", asnorm=body.asnorm)
+        state.sid.set_threshold(body.threshold, body.source, asnorm=body.asnorm)
         return state.sid.threshold(None, body.asnorm)
 
     t, source = await state.run(work)

@@ -133,6 +133,7 @@ class ThresholdIn(BaseModel):
         ..., description="The registry's new threshold; null forgets it (the model card's)"
     )
     asnorm: bool = Field(False, description="Set the AS-Norm (z-score) threshold instead")
+    source: str = Field("set by user", description="How it was obtained (shown by info)")
 
 
 class KeyRow(_Open):
