@@ -23,6 +23,8 @@ ENV_THRESHOLD = "SPEAKERID_THRESHOLD"
 ENV_DEVICE = "SPEAKERID_DEVICE"
 ENV_INDEX = "SPEAKERID_INDEX"
 ENV_BACKEND = "SPEAKERID_BACKEND"
+ENV_SERVER = "SPEAKERID_SERVER"
+ENV_KEY = "SPEAKERID_KEY"
 BACKENDS = ("torch", "onnx")
 INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
 
@@ -120,3 +122,9 @@ def env_threshold() -> float | None:
     """``$SPEAKERID_THRESHOLD`` if set (validated), else None."""
     raw = os.environ.get(ENV_THRESHOLD)
     return None if raw in (None, "") else parse_threshold(raw)
+
+
+def server_url(explicit: str | None = None) -> str | None:
+    """The speakerid server to use (``--server URL``, else ``$SPEAKERID_SERVER``), or None to
+    work in-process. Its API key comes from ``$SPEAKERID_KEY`` (never a command-line flag)."""
+    return explicit or os.environ.get(ENV_SERVER) or None

@@ -137,3 +137,32 @@ class InvalidInputError(SpeakerIDError):
 
 class BackupError(InvalidInputError):
     """A backup folder that is missing, damaged or not a speakerid backup."""
+
+
+# --- service (speakerid serve) and its client ----------------------------------------------
+class LimitExceededError(InvalidInputError):
+    """A request above the server's limits (upload size, audio seconds, files per request)."""
+
+
+class ServerError(SpeakerIDError):
+    """A speakerid server could not be reached, or answered something that is not speakerid's."""
+
+
+class NotReadyError(ServerError):
+    """The server is starting or stopping, or cannot reach its registry (retry later)."""
+
+
+class AuthenticationError(ServerError):
+    """No API key, or one the server does not know (revoked or mistyped)."""
+
+
+class PermissionDeniedError(AuthenticationError):
+    """The API key is valid but its scope does not allow the operation."""
+
+
+class KeyExistsError(RegistryError):
+    """An API key with this name already exists."""
+
+
+class KeyNotFoundError(RegistryError):
+    """No API key with this name."""

@@ -587,6 +587,24 @@ class SpeakerID:
             self.registry.backend,
         )
 
+    # --- long-running fronts (speakerid serve) ----------------------------------------------
+    def prepare(self) -> None:
+        """Load the model and create or check the registry's binding now, so that a server
+        answers its first request warm and refuses a mismatched model at start, not later."""
+        self._bind()
+
+    def wrap_embedder(self, wrap: Callable[[Any], Any]) -> None:
+        """Embed through ``wrap(embedder)`` from now on: an object with the embedder's interface
+        (the server's micro-batching queue). Every rule stays here; only the compute moves."""
+        self._embedder = wrap(self.embedder)
+
+    def api_keys(self, create: bool = False):
+        """The registry's API keys (:class:`speakerid.keys.KeyStore`); ``create`` makes a
+        missing registry (a key may be created before any speaker)."""
+        from .keys import KeyStore
+
+        return KeyStore(self._writable_registry() if create else self.registry)
+
     def rebuild_index(self) -> IndexReport:
         return self.registry.rebuild_index()
 

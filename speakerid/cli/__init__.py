@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from . import copy_cmd, eval_cmd, manage_cmd, model_cmd, registry_cmd
+from . import copy_cmd, eval_cmd, manage_cmd, model_cmd, registry_cmd, serve_cmd
 from .demo_cmd import demo
 from .embed_cmd import embed
 from .train_cmd import train
@@ -41,6 +41,8 @@ app.command("demo")(demo)
 app.command("evaluate")(eval_cmd.evaluate)
 app.command("calibrate")(eval_cmd.calibrate)
 app.command("train")(train)
+app.command("serve")(serve_cmd.serve)
+app.add_typer(serve_cmd.keys_app, name="keys")
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from ..errors import SpeakerIDError
+from ..errors import InvalidInputError, SpeakerIDError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +38,16 @@ DbOpt = Annotated[
 ]
 
 
+ServerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--server",
+        help="URL of a speakerid server to ask instead (default: $SPEAKERID_SERVER; "
+        "key: $SPEAKERID_KEY).",
+    ),
+]
+
+
 ThresholdOpt = Annotated[
     Optional[float],
     typer.Option("--threshold", "-t", help="Cosine threshold (default: registry/env/0.365)."),
@@ -55,8 +65,21 @@ def open_service(
     device: str | None = None,
     threshold: float | None = None,
     json_mode: bool = True,
+    server: str | None = None,
 ):
-    """The library facade for a command; the model is only loaded if the command embeds."""
+    """The library facade for a command; the model is only loaded if the command embeds.
+
+    With ``server`` (a URL, see ``config.server_url``) the command asks that speakerid server
+    through :class:`speakerid.client.Client`, which has the same methods and results."""
+    if server:
+        if db or model or device:
+            raise InvalidInputError(
+                "--db, --model and --device do not apply with --server or $SPEAKERID_SERVER "
+                "(the server has its own registry and model)"
+            )
+        from ..client import Client
+
+        return Client(server)
     from ..service import SpeakerID
 
     return SpeakerID(

@@ -9,8 +9,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import server_url
 from ..errors import InvalidInputError
-from .common import DbOpt, JsonOpt, ModelOpt, emit_json, fail, handle_errors, open_service
+from .common import (
+    DbOpt,
+    JsonOpt,
+    ModelOpt,
+    ServerOpt,
+    emit_json,
+    fail,
+    handle_errors,
+    open_service,
+)
 
 index_app = typer.Typer(
     help="Check or rebuild the search index (a cache of the database).", no_args_is_help=True
@@ -18,9 +28,9 @@ index_app = typer.Typer(
 
 
 @handle_errors
-def list_speakers(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+def list_speakers(db: DbOpt = None, json_out: JsonOpt = False, server: ServerOpt = None) -> None:
     """Enrolled speakers."""
-    with open_service(db) as sid:
+    with open_service(db, server=server_url(server)) as sid:
         rows = sid.list()
     if json_out:
         emit_json([{k: v for k, v in r.to_dict().items() if k != "metadata"} for r in rows])
@@ -33,10 +43,13 @@ def list_speakers(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 
 @handle_errors
 def show(
-    name: Annotated[str, typer.Argument()], db: DbOpt = None, json_out: JsonOpt = False
+    name: Annotated[str, typer.Argument()],
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """One speaker's utterances (sources, durations, hashes) and metadata."""
-    with open_service(db) as sid:
+    with open_service(db, server=server_url(server)) as sid:
         info = sid.show(name).to_dict()
     if json_out:
         emit_json(info)
@@ -58,9 +71,10 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     db: DbOpt = None,
     json_out: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Delete a speaker and all its embeddings (database and index)."""
-    with open_service(db) as sid:
+    with open_service(db, server=server_url(server)) as sid:
         sid.show(name)  # unknown speaker: error before asking
         if not yes:
             if not sys.stdin.isatty():

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import server_url
 from ..errors import InvalidInputError
 from ..quality import MIN_SPEECH_SECONDS
 from ..results import FileError
@@ -23,6 +24,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    ServerOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
@@ -88,11 +90,12 @@ def enroll(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll a speaker from one or more recordings (all-or-nothing)."""
     with (
-        open_service(db, model, device, json_mode=json_out) as sid,
+        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
     ):
         res = sid.enroll(
@@ -176,6 +179,7 @@ def identify(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Who is speaking? Open-set: below the threshold, or without speech, 'unknown'.
@@ -184,7 +188,7 @@ def identify(
     """
     sources = _inputs(files)
     with (
-        open_service(db, model, device, json_mode=json_out) as sid,
+        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
         progress_bar("identifying", len(sources), show_progress(json_out)) as advance,
     ):
         results = sid.identify_many(
@@ -226,6 +230,7 @@ def verify(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error.
@@ -236,7 +241,7 @@ def verify(
     single = len(files) == 1 and not files[0].is_dir()
     sources = _inputs(files)
     with (
-        open_service(db, model, device, json_mode=json_out) as sid,
+        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
         progress_bar("verifying", len(sources), show_progress(json_out) and not single) as adv,
     ):
         results = sid.verify_many(
@@ -279,10 +284,11 @@ def compare(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1."""
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid:
         r = sid.compare(file1, file2, threshold=threshold, min_speech=min_speech)
     if json_out:
         emit_json(r.to_dict())

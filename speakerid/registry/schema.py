@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_REVISION = "0003c"
+SCHEMA_REVISION = "0004"
 
 
 def utcnow() -> datetime:
@@ -97,3 +97,16 @@ class Utterance(Base):
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     speaker: Mapped[Speaker] = relationship(back_populates="utterances")
+
+
+class ApiKey(Base):
+    """A key of the HTTP service: its name, scope and the sha256 of its secret (never the
+    secret itself, which is shown once when the key is created)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    scope: Mapped[str] = mapped_column(String(16))  # read | write | admin
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,7 +1,7 @@
 """Change log (index caches follow the database instead of rebuilding) and registry identity.
 
-Revision ID: 0003c
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-26
 """
 
@@ -10,8 +10,8 @@ import uuid
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003c"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

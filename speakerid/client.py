@@ -1,0 +1,332 @@
+"""``Client``: a speakerid server (``speakerid serve``) with the methods and result types of
+:class:`~speakerid.service.SpeakerID`, so that a script moves from in-process to warm HTTP by
+changing one line::
+
+    from speakerid.client import Client
+
+    with Client("http://127.0.0.1:8000", key="spk_...") as sid:
+        sid.enroll("alice", ["a1.wav", "a2.wav"])
+        print(sid.identify("unknown.wav", top_k=3).speaker)
+
+Errors are the library's typed errors (the server names them in its problem+json answers);
+a server that cannot be reached raises :class:`~speakerid.errors.ServerError`. Nothing here
+imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from . import __version__, config
+from . import errors as E
+from .audio import AudioBytes, _read_bytes, source_name
+from .quality import MIN_SPEECH_SECONDS
+from .results import (
+    Candidate,
+    CompareResult,
+    EnrollResult,
+    FileError,
+    IdentifyResult,
+    RegistryInfo,
+    SpeakerInfo,
+    UtteranceInfo,
+    VerifyResult,
+)
+
+Progress = Callable[[int], None]
+
+#: Fallbacks for answers that do not name a typed error (e.g. from a proxy in front).
+_BY_STATUS: dict[int, type[E.SpeakerIDError]] = {
+    400: E.InvalidInputError,
+    401: E.AuthenticationError,
+    403: E.PermissionDeniedError,
+    404: E.SpeakerNotFoundError,
+    409: E.SpeakerExistsError,
+    413: E.LimitExceededError,
+    503: E.NotReadyError,
+}
+
+
+def _build(cls: type, data: dict[str, Any], **override: Any) -> Any:
+    """A result dataclass from its ``to_dict()``; fields the server adds later are kept when
+    the local class has them and ignored otherwise (either side may be newer)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in {**data, **override}.items() if k in names})
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.removesuffix("Z")) if value else None
+
+
+def _speaker(d: dict[str, Any]) -> SpeakerInfo:
+    details = None
+    if "sources" in d:
+        details = [
+            UtteranceInfo(u["source"], u["duration"], u["sha256"], _time(u["created"]))
+            for u in d["sources"]
+        ]
+    return SpeakerInfo(
+        d["name"],
+        d["utterances"],
+        _time(d["created"]),
+        _time(d["updated"]),
+        d.get("metadata"),
+        details,
+    )
+
+
+def _identified(d: dict[str, Any]) -> Any:
+    if "error" in d and "speaker" not in d:  # a file of the batch that could not be answered
+        return FileError(d["file"], d["error"])
+    return _build(IdentifyResult, d, candidates=[Candidate(**c) for c in d["candidates"]])
+
+
+class Client:
+    """SpeakerID over HTTP. ``url`` defaults to ``$SPEAKERID_SERVER``, ``key`` to
+    ``$SPEAKERID_KEY`` (sent as ``Authorization: Bearer KEY``)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        timeout: float = 300.0,
+        transport: Any = None,
+    ) -> None:
+        import httpx
+
+        url = config.server_url(url)
+        if not url:
+            raise E.InvalidInputError(f"no server given: pass a URL or set ${config.ENV_SERVER}")
+        if "://" not in url:
+            url = "http://" + url
+        self.url = url.rstrip("/")
+        key = key if key is not None else os.environ.get(config.ENV_KEY) or None
+        headers = {"User-Agent": f"speakerid/{__version__}"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport -------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise E.ServerError(
+                f"the speakerid server at {self.url} did not answer within {self.timeout:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise E.ServerError(f"cannot reach the speakerid server at {self.url}: {exc}") from None
+        if r.status_code >= 400:
+            raise self._error(r)
+        try:
+            return r.json()
+        except ValueError:
+            raise E.ServerError(
+                f"{self.url}{path}: the answer is not JSON (HTTP {r.status_code}): "
+                f"not a speakerid server?"
+            ) from None
+
+    def _error(self, r: Any) -> E.SpeakerIDError:
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict) or "detail" not in body:
+            return E.ServerError(f"{self.url}: HTTP {r.status_code} {r.reason_phrase}")
+        cls = getattr(E, str(body.get("error")), None)
+        if not (isinstance(cls, type) and issubclass(cls, E.SpeakerIDError)):
+            cls = _BY_STATUS.get(r.status_code, E.ServerError)
+        return cls(str(body["detail"]))
+
+    @staticmethod
+    def _upload(field: str, source: Any) -> tuple[str, tuple[str, bytes, str]]:
+        data, name = _read_bytes(source)
+        return field, (name, data, "application/octet-stream")
+
+    @staticmethod
+    def _params(**values: Any) -> dict[str, Any]:
+        out = {}
+        for k, v in values.items():
+            if v is not None:
+                out[k] = ("true" if v else "false") if isinstance(v, bool) else v
+        return out
+
+    # --- enrollment ------------------------------------------------------------------------
+    def enroll(
+        self,
+        name: str,
+        audio_files: Sequence,
+        append: bool = False,
+        metadata: dict[str, Any] | None = None,
+        on_progress: Progress | None = None,
+        force: bool = False,
+        vad: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> EnrollResult:
+        """Enroll ``name`` from one or more recordings (all-or-nothing, on the server)."""
+        if not audio_files:
+            raise E.InvalidInputError("enroll needs at least one audio file")
+        files = [self._upload("files", f) for f in audio_files]
+        form = {"metadata": json.dumps(metadata, ensure_ascii=False)} if metadata else None
+        params = self._params(append=append, force=force, vad=vad, min_speech=min_speech)
+        d = self._call(
+            "POST",
+            f"/v1/speakers/{quote(name, safe='')}/enrollments",
+            params=params,
+            files=files,
+            data=form,
+        )
+        if on_progress:
+            on_progress(len(files))
+        return _build(EnrollResult, d)
+
+    # --- queries ---------------------------------------------------------------------------
+    def identify(
+        self, audio: Any, top_k: int = 1, threshold: float | None = None
+    ) -> IdentifyResult:
+        return self.identify_many([audio], top_k=top_k, threshold=threshold)[0]
+
+    def identify_many(
+        self,
+        files: Sequence,
+        top_k: int = 1,
+        threshold: float | None = None,
+        on_progress: Progress | None = None,
+        asnorm: bool = False,
+        fail_fast: bool = True,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> list[IdentifyResult | FileError]:
+        uploads = [self._upload("files", f) for f in files]
+        params = self._params(
+            top_k=top_k,
+            threshold=threshold,
+            asnorm=asnorm,
+            fail_fast=fail_fast,
+            min_speech=min_speech,
+        )
+        rows = self._call("POST", "/v1/identify", params=params, files=uploads)
+        if on_progress:
+            on_progress(len(uploads))
+        return [_identified(d) for d in rows]
+
+    def verify(
+        self,
+        name: str,
+        audio: Any,
+        threshold: float | None = None,
+        asnorm: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> VerifyResult:
+        params = self._params(threshold=threshold, asnorm=asnorm, min_speech=min_speech)
+        d = self._call(
+            "POST",
+            "/v1/verify",
+            params=params,
+            files=[self._upload("file", audio)],
+            data={"speaker": name},
+        )
+        return _build(VerifyResult, d)
+
+    def verify_many(
+        self,
+        name: str,
+        files: Sequence,
+        threshold: float | None = None,
+        asnorm: bool = False,
+        on_progress: Progress | None = None,
+        fail_fast: bool = True,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> list[VerifyResult | FileError]:
+        """``verify`` for each file, in order; a bad file gives a ``FileError`` unless
+        ``fail_fast`` (the same contract as ``SpeakerID.verify_many``)."""
+        out: list[VerifyResult | FileError] = []
+        for f in files:
+            try:
+                out.append(self.verify(name, f, threshold, asnorm, min_speech))
+            except E.AudioError as exc:
+                if fail_fast:
+                    raise
+                out.append(FileError(source_name(f), str(exc)))
+            if on_progress:
+                on_progress(1)
+        return out
+
+    def compare(
+        self, a: Any, b: Any, threshold: float | None = None, min_speech: float = MIN_SPEECH_SECONDS
+    ) -> CompareResult:
+        files = [self._upload("file1", a), self._upload("file2", b)]
+        params = self._params(threshold=threshold, min_speech=min_speech)
+        d = self._call("POST", "/v1/compare", params=params, files=files)
+        return _build(CompareResult, d)
+
+    def embed(self, files: Sequence) -> list[dict[str, Any]]:
+        """``embed --json`` rows: ``{"file", "model", "dim", "embedding"}``."""
+        return self._call("POST", "/v1/embed", files=[self._upload("files", f) for f in files])
+
+    # --- management ------------------------------------------------------------------------
+    def list(self) -> list[SpeakerInfo]:
+        rows = self._call("GET", "/v1/speakers", params={"metadata": "true"})
+        return [_speaker(d) for d in rows]
+
+    def show(self, name: str) -> SpeakerInfo:
+        return _speaker(self._call("GET", f"/v1/speakers/{quote(name, safe='')}"))
+
+    def remove(self, name: str) -> int:
+        return int(self._call("DELETE", f"/v1/speakers/{quote(name, safe='')}")["utterances"])
+
+    def rename(self, old: str, new: str) -> None:
+        self._call("PATCH", f"/v1/speakers/{quote(old, safe='')}", json={"name": new})
+
+    def info(self) -> RegistryInfo:
+        return _build(RegistryInfo, self._call("GET", "/v1/info"))
+
+    def threshold(self, override: float | None = None, asnorm: bool = False) -> tuple[float, str]:
+        if override is not None:
+            return config.parse_threshold(override, asnorm), "argument"
+        d = self._call("GET", "/v1/threshold", params=self._params(asnorm=asnorm))
+        return d["threshold"], d["source"]
+
+    def set_threshold(
+        self, value: float | None, source: str = "set by user", asnorm: bool = False
+    ) -> None:
+        """Store the registry's threshold (``None`` forgets it); needs an admin key."""
+        body = {"threshold": value, "source": source, "asnorm": asnorm}
+        self._call("PUT", "/v1/threshold", json=body)
+
+    def ready(self) -> dict[str, Any]:
+        """``/readyz``: model, speakers, auth mode; raises ``NotReadyError`` when not ready."""
+        return self._call("GET", "/readyz")
+
+    # --- keys (admin) ------------------------------------------------------------------------
+    def create_key(self, name: str, scope: str = "read") -> str:
+        """A new key's secret (shown once)."""
+        return self._call("POST", "/v1/keys", json={"name": name, "scope": scope})["key"]
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/keys")
+
+    def revoke_key(self, name: str) -> None:
+        self._call("DELETE", f"/v1/keys/{quote(name, safe='')}")
+
+
+__all__ = ["AudioBytes", "Client"]

@@ -1,0 +1,130 @@
+"""Running the app under uvicorn: bind first (a busy port is a one-line error), load the model
+before accepting anything, print ``listening on URL`` once requests are accepted, and on
+SIGTERM/SIGINT stop accepting, let in-flight requests finish, then close the registry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from contextlib import contextmanager
+
+import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from ..errors import AuthenticationError, InvalidInputError
+from .settings import ENV_SETTINGS, ServerSettings
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it every keep-alive response waits for a delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_auth(settings: ServerSettings, keys: int) -> str:
+    """Refuse an open server on a reachable address; return a line that says how it runs."""
+    if settings.no_auth:
+        return "warning: --no-auth: every request is accepted without a key"
+    if keys:
+        return f"{keys} API key(s): requests need 'Authorization: Bearer KEY'"
+    if not settings.loopback:
+        raise AuthenticationError(
+            f"refusing to serve {settings.host} without API keys: create one (speakerid keys "
+            f"create NAME --scope admin) or pass --no-auth behind an authenticating proxy"
+        )
+    return (
+        "warning: no API keys yet: the server is open to every program on this machine "
+        "(loopback only); speakerid keys create NAME --scope admin closes it"
+    )
+
+
+def stored_keys(db: str | None) -> int:
+    """How many API keys the registry holds (0 when it does not exist yet; nothing created)."""
+    from ..service import SpeakerID
+
+    sid = SpeakerID(db=db)
+    if not sid.path.is_file():
+        return 0
+    with sid:
+        return sid.api_keys().count()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that says where it listens once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, settings: ServerSettings) -> None:
+        super().__init__(config)
+        self.settings = settings
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        port = self.servers[0].sockets[0].getsockname()[1]
+        print(f"listening on {self.settings.url(port)}", flush=True)
+
+
+class _Workers(Multiprocess):
+    """uvicorn's worker supervisor that says where it listens once every worker is ready."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list, url: str) -> None:
+        super().__init__(config, sockets)
+        self.url = url
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        if all(p.wait_until_ready(600, self.should_exit) for p in self.processes):
+            print(f"listening on {self.url}", flush=True)
+
+
+@contextmanager
+def _graceful_signals():
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; make that a clean exit."""
+    saved = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def run(settings: ServerSettings, log_level: str = "info") -> None:
+    """Serve until SIGTERM/SIGINT. Raises the library's typed errors before serving."""
+    from .app import ServerState, create_app
+
+    sock = bind(settings.host, settings.port)
+    options = {
+        "log_level": log_level,
+        "timeout_graceful_shutdown": settings.graceful_seconds,
+        "server_header": False,
+        "lifespan": "on",
+    }
+    try:
+        print(check_auth(settings, stored_keys(settings.db)), file=sys.stderr, flush=True)
+        if settings.workers == 1:
+            state = ServerState(settings)
+            state.start()
+            config = uvicorn.Config(create_app(state=state), **options)
+            with _graceful_signals():
+                _Server(config, settings).run(sockets=[sock])
+            return
+        os.environ[ENV_SETTINGS] = settings.to_env()
+        if not os.environ.get("SPEAKERID_THREADS"):  # one share of the cores per worker
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            os.environ["SPEAKERID_THREADS"] = str(max(1, cores // settings.workers))
+        config = uvicorn.Config(
+            "speakerid.server.app:worker_app", factory=True, workers=settings.workers, **options
+        )
+        url = settings.url(sock.getsockname()[1])
+        _Workers(config, [sock], url).run()
+    finally:
+        sock.close()
