@@ -10,7 +10,17 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InvalidInputError
-from .common import DbOpt, JsonOpt, ModelOpt, emit_json, fail, handle_errors, open_service
+from .common import (
+    DbOpt,
+    JsonOpt,
+    ModelOpt,
+    emit_json,
+    fail,
+    handle_errors,
+    open_service,
+    plural,
+    stdout_is_tty,
+)
 
 index_app = typer.Typer(
     help="Check or rebuild the search index (a cache of the database).", no_args_is_help=True
@@ -19,7 +29,13 @@ index_app = typer.Typer(
 
 @handle_errors
 def list_speakers(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Enrolled speakers."""
+    """Enrolled speakers.
+
+    \b
+    Examples:
+      speakerid list
+      speakerid list --json
+    """
     with open_service(db) as sid:
         rows = sid.list()
     if json_out:
@@ -27,22 +43,44 @@ def list_speakers(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         return
     if not rows:
         typer.echo("no speakers enrolled")
+        return
+    if not stdout_is_tty():  # scripts: name, utterances, created, updated (tab-separated)
+        for r in rows:
+            d = r.to_dict()
+            typer.echo(f"{r.name}\t{r.utterances}\t{d['created']}\t{d['updated']}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, highlight=False)
+    for header in ("Speaker", "Utterances", "Created (UTC)", "Updated (UTC)"):
+        table.add_column(header, justify="right" if header == "Utterances" else "left")
     for r in rows:
-        typer.echo(f"{r.name}\t{r.utterances} utterance(s)\tupdated {r.to_dict()['updated']}")
+        d = r.to_dict()
+        table.add_row(r.name, str(r.utterances), d["created"], d["updated"])
+    console = Console(highlight=False)
+    console.print(table)
+    total = sum(r.utterances for r in rows)
+    console.print(f"{plural(len(rows), 'speaker')}, {plural(total, 'utterance')}")
 
 
 @handle_errors
 def show(
     name: Annotated[str, typer.Argument()], db: DbOpt = None, json_out: JsonOpt = False
 ) -> None:
-    """One speaker's utterances (sources, durations, hashes) and metadata."""
+    """One speaker's utterances (sources, durations, hashes) and metadata.
+
+    \b
+    Example:
+      speakerid show alice
+    """
     with open_service(db) as sid:
         info = sid.show(name).to_dict()
     if json_out:
         emit_json(info)
         return
     typer.echo(
-        f"{info['name']}: {info['utterances']} utterance(s), created {info['created']}, "
+        f"{info['name']}: {plural(info['utterances'], 'utterance')}, created {info['created']}, "
         f"updated {info['updated']}"
     )
     for k, v in (info.get("metadata") or {}).items():
@@ -59,7 +97,12 @@ def remove(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Delete a speaker and all its embeddings (database and index)."""
+    """Delete a speaker and all its embeddings (database and index).
+
+    \b
+    Example:
+      speakerid remove alice --yes
+    """
     with open_service(db) as sid:
         sid.show(name)  # unknown speaker: error before asking
         if not yes:
@@ -70,7 +113,7 @@ def remove(
     if json_out:
         emit_json({"removed": name, "utterances": count})
     else:
-        typer.echo(f"removed {name} ({count} utterance(s))")
+        typer.echo(f"removed {name} ({plural(count, 'utterance')})")
 
 
 @handle_errors
@@ -80,7 +123,12 @@ def rename(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Rename a speaker."""
+    """Rename a speaker.
+
+    \b
+    Example:
+      speakerid rename alice "Alice Smith"
+    """
     with open_service(db) as sid:
         sid.rename(old, new)
     if json_out:
@@ -119,6 +167,11 @@ def import_embeddings(
 
     Without --names/--speaker each file is one speaker named after the file stem. The
     embeddings must come from the registry's model (--model binds a new registry).
+
+    \b
+    Examples:
+      speakerid import-embeddings emb/*.npy
+      speakerid import-embeddings matrix.npy --names names.txt
     """
     import numpy as np
 
@@ -153,7 +206,8 @@ def import_embeddings(
         emit_json([r.to_dict() for r in results])
     else:
         typer.echo(
-            f"imported {sum(r.added for r in results)} embedding(s) for {len(results)} speaker(s)"
+            f"imported {plural(sum(r.added for r in results), 'embedding')} for "
+            f"{plural(len(results), 'speaker')}"
         )
 
 
@@ -163,15 +217,20 @@ def export(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export all embeddings (embeddings.npy + names.txt, re-importable) and speakers.json."""
+    """Export all embeddings (embeddings.npy + names.txt, re-importable) and speakers.json.
+
+    \b
+    Example:
+      speakerid export backup/
+    """
     with open_service(db) as sid:
         summary = sid.export(directory)
     if json_out:
         emit_json(summary)
     else:
         typer.echo(
-            f"exported {summary['speakers']} speaker(s), {summary['utterances']} "
-            f"embedding(s) to {summary['directory']}"
+            f"exported {plural(summary['speakers'], 'speaker')}, "
+            f"{plural(summary['utterances'], 'embedding')} to {summary['directory']}"
         )
 
 
@@ -193,7 +252,12 @@ def _report(rep, json_out: bool) -> None:
 @index_app.command("check")
 @handle_errors
 def index_check(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Verify the index against the database (exit 1 when it is missing or stale)."""
+    """Verify the index against the database (exit 1 when it is missing or stale).
+
+    \b
+    Example:
+      speakerid index check
+    """
     with open_service(db) as sid:
         _report(sid.check_index(), json_out)
 
@@ -201,14 +265,25 @@ def index_check(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 @index_app.command("rebuild")
 @handle_errors
 def index_rebuild(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Rebuild the index from the database."""
+    """Rebuild the index from the database.
+
+    \b
+    Example:
+      speakerid index rebuild
+    """
     with open_service(db) as sid:
         _report(sid.rebuild_index(), json_out)
 
 
 @handle_errors
 def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Registry path, bound model, counts, threshold and index state."""
+    """Registry path, bound model, counts, threshold and index state.
+
+    \b
+    Examples:
+      speakerid info
+      speakerid info --db voices.db --json
+    """
     with open_service(db) as sid:
         data = sid.info().to_dict()
     if json_out:
@@ -225,7 +300,13 @@ def threshold(
     model: ModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show the effective threshold, or store VALUE as the registry's threshold."""
+    """Show the effective threshold, or store VALUE as the registry's threshold.
+
+    \b
+    Examples:
+      speakerid threshold
+      speakerid threshold 0.42
+    """
     with open_service(db, model) as sid:
         if value is not None:
             sid.set_threshold(value, "set by user")

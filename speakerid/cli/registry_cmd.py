@@ -19,10 +19,12 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    ThreadsOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
     open_service,
+    plural,
     progress_bar,
     show_progress,
 )
@@ -58,9 +60,16 @@ def enroll(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Enroll a speaker from one or more recordings (all-or-nothing)."""
+    """Enroll a speaker from one or more recordings (all-or-nothing).
+
+    \b
+    Examples:
+      speakerid enroll alice alice1.wav alice2.flac
+      speakerid enroll alice alice3.mp3 --append --meta team=red
+    """
     with (
         open_service(db, model, device, json_mode=json_out) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
@@ -81,7 +90,9 @@ def enroll(
         emit_json(res.to_dict())
         return
     verb = "enrolled" if res.created else "updated"
-    typer.echo(f"{verb} {res.speaker}: {res.added} new, {res.utterances} utterances in total")
+    typer.echo(
+        f"{verb} {res.speaker}: {res.added} new, {plural(res.utterances, 'utterance')} in total"
+    )
     for s in res.skipped:
         typer.echo(f"skipped {s} (already enrolled)")
 
@@ -96,9 +107,16 @@ def enroll_dir(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Enroll every sub-folder of DIRECTORY as a speaker, in one transaction."""
+    """Enroll every sub-folder of DIRECTORY as a speaker, in one transaction.
+
+    \b
+    Examples:
+      speakerid enroll-dir people/
+      speakerid enroll-dir people/ --append --skip-errors
+    """
     total = sum(1 for _ in directory.rglob("*") if _.is_file()) if directory.is_dir() else 0
     with (
         open_service(db, model, device, json_mode=json_out) as sid,
@@ -113,7 +131,7 @@ def enroll_dir(
     for r in results:
         typer.echo(
             f"{'enrolled' if r.created else 'updated'} {r.speaker}: {r.added} new, "
-            f"{r.utterances} utterances in total"
+            f"{plural(r.utterances, 'utterance')} in total"
         )
     for e in errors:
         typer.echo(f"skipped: {e}", err=True)
@@ -128,9 +146,16 @@ def identify(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Who is speaking? Open-set: below the threshold the answer is 'unknown'."""
+    """Who is speaking? Open-set: below the threshold the answer is 'unknown'.
+
+    \b
+    Examples:
+      speakerid identify unknown.wav other.ogg --top-k 3
+      speakerid identify call.wav --json
+    """
     with (
         open_service(db, model, device, json_mode=json_out) as sid,
         progress_bar("identifying", len(files), show_progress(json_out)) as advance,
@@ -158,9 +183,16 @@ def verify(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error."""
+    """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error.
+
+    \b
+    Examples:
+      speakerid verify alice claim.wav
+      speakerid verify alice claim.wav --threshold 0.5 --json
+    """
     with open_service(db, model, device, json_mode=json_out) as sid:
         r = sid.verify(name, file, threshold=threshold, asnorm=asnorm)
     if json_out:
@@ -184,9 +216,15 @@ def compare(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1."""
+    """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1.
+
+    \b
+    Example:
+      speakerid compare a.wav b.wav
+    """
     with open_service(db, model, device, json_mode=json_out) as sid:
         r = sid.compare(file1, file2, threshold=threshold)
     if json_out:
