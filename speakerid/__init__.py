@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import errors
+from . import config, errors
+
+config.bound_openmp_spinning()  # before torch is imported (docs/performance.md, "Threads")
 
 __version__ = "0.1.0"
 

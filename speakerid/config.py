@@ -25,8 +25,14 @@ ENV_INDEX = "SPEAKERID_INDEX"
 ENV_BACKEND = "SPEAKERID_BACKEND"
 ENV_SERVER = "SPEAKERID_SERVER"
 ENV_KEY = "SPEAKERID_KEY"
+ENV_THREADS = "SPEAKERID_THREADS"
 BACKENDS = ("torch", "onnx")
 INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
+#: Most compute threads the automatic choice uses (more rarely pays for one utterance at a time).
+MAX_AUTO_THREADS = 4
+#: Iterations an OpenMP (libgomp) thread busy-waits at a barrier before it sleeps; libgomp's own
+#: default (300000) is milliseconds of spinning per operator (docs/performance.md, "Threads").
+OPENMP_SPIN_COUNT = 1000
 
 
 def home_dir() -> Path:
@@ -128,3 +134,58 @@ def server_url(explicit: str | None = None) -> str | None:
     """The speakerid server to use (``--server URL``, else ``$SPEAKERID_SERVER``), or None to
     work in-process. Its API key comes from ``$SPEAKERID_KEY`` (never a command-line flag)."""
     return explicit or os.environ.get(ENV_SERVER) or None
+def bound_openmp_spinning() -> None:
+    """Keep OpenMP threads from busy-waiting for milliseconds (read once, when torch loads).
+
+    With libgomp's default, a 2-thread team whose second core is taken by another process spins
+    away a whole time slice at every operator: 14-27x slower than idle. 1000 spins keep the
+    idle speed and degrade like one thread under load (measured, docs/performance.md). Called
+    on ``import speakerid``, so it works when speakerid is imported before torch; the user's
+    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` win.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
+
+
+def available_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def parse_threads(value: int | str, label: str = "threads") -> int:
+    """A compute thread count: a positive integer (``label`` names where it came from)."""
+    try:
+        n = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{label} must be a positive integer, got {value!r}") from None
+    if not 1 <= n <= 1024:
+        raise InvalidInputError(f"{label} must be between 1 and 1024, got {n}")
+    return n
+
+
+def auto_threads(cores: int | None = None) -> int:
+    """The thread count used when nothing is asked for: every core, at most 4.
+
+    With bounded OpenMP spinning (:func:`bound_openmp_spinning`) 2 threads on 2 cores are 1.3-1.5x
+    faster than 1 when idle and no slower under load (docs/performance.md, "Threads").
+    """
+    cores = available_cores() if cores is None else cores
+    return max(1, min(cores, MAX_AUTO_THREADS))
+
+
+def default_threads() -> int:
+    """``$SPEAKERID_THREADS`` (validated; ``auto`` or empty: :func:`auto_threads`)."""
+    raw = (os.environ.get(ENV_THREADS) or "").strip()
+    if raw in ("", "auto"):
+        return auto_threads()
+    return parse_threads(raw, f"${ENV_THREADS}")

@@ -24,7 +24,14 @@ import torch
 
 from . import weights
 from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
-from .config import check_backend, default_backend, default_device, default_model
+from .config import (
+    check_backend,
+    default_backend,
+    default_device,
+    default_model,
+    default_threads,
+    parse_threads,
+)
 from .errors import AudioError, DeviceError
 from .features import fbank, fbank_batch
 from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
@@ -70,6 +77,26 @@ def resolve_device(device: str | None) -> torch.device:
         raise DeviceError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
 
 
+def apply_threads(threads: int | None = None) -> int:
+    """Set this process's torch compute threads (the one place that does) and return the count.
+
+    ``None`` means ``$SPEAKERID_THREADS`` or the automatic choice (every core, at most 4).
+    Applied before the model loads so no work runs with another count; OpenMP threads wait for
+    each other at every operator, which is why their count and spinning matter when the CPU is
+    shared (docs/performance.md, "Threads").
+    """
+    n = default_threads() if threads is None else parse_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    if torch.get_num_interop_threads() != n:
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # only settable once, before any inter-op work: keep the first
+            log.debug("torch inter-op threads stay at %d", torch.get_num_interop_threads())
+    log.debug("torch threads: %d intra-op, %d inter-op", n, torch.get_num_interop_threads())
+    return n
+
+
 def segments(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[np.ndarray]:
     """Split into equal segments of at most ``max_seconds`` (one segment when short enough)."""
     max_len = int(max_seconds * SAMPLE_RATE)
@@ -90,7 +117,9 @@ class Embedder:
         batch_size: int | None = None,
         fast_cpu: bool = True,
         backend: str | None = None,
+        threads: int | None = None,
     ) -> None:
+        self.threads = apply_threads(threads)  # before any torch work, loading included
         resolved = weights.resolve(model or default_model(), progress=progress)
         self.name = resolved.name
         self.path = resolved.path
@@ -119,7 +148,7 @@ class Embedder:
             from .onnx_backend import load_or_export
 
             # same weights, same embeddings: the registry's model identity does not change
-            self._onnx = load_or_export(self.model, self.sha256)
+            self._onnx = load_or_export(self.model, self.sha256, threads=self.threads)
         elif on_cpu and fast_cpu:
             self.model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
             use_onednn_pointwise(self.model)

@@ -98,17 +98,17 @@ class OnnxNetwork:
         return self.session.run(["emb"], {"feats": x})[0]
 
 
-def load_or_export(model: ERes2NetV2, sha256: str) -> OnnxNetwork:
+def load_or_export(model: ERes2NetV2, sha256: str, threads: int | None = None) -> OnnxNetwork:
     """The cached export of this checkpoint (exported now if missing or unreadable)."""
     _require("onnxruntime")
     path = cache_path(sha256)
     if path.is_file():
         try:
-            return OnnxNetwork(path)
+            return OnnxNetwork(path, threads)
         except ModelError as exc:
             log.warning("%s; exporting again", exc)
     export_onnx(model, path)
-    return OnnxNetwork(path)
+    return OnnxNetwork(path, threads)
 
 
 @torch.inference_mode()

@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+# The suite runs on shared machines: one compute thread per process degrades gracefully when
+# other processes compete for the cores, where OpenMP teams collapse (docs/performance.md,
+# "Threads"). Set before torch is imported; subprocesses (CLI tests) inherit both.
+os.environ.setdefault("SPEAKERID_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPEAKERID_SHARED", ROOT.parent / "shared"))
 FIXTURES = SHARED / "fixtures"

@@ -108,3 +108,36 @@ def test_model_list_shows_the_bundled_model():
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["demo"]["installed"] is True and rows["demo"]["path"] == str(DEMO)
     assert rows["demo"]["description"].startswith("bundled: ")
+
+
+def test_demo_json_is_one_object_with_the_results():
+    res = runner.invoke(app, ["demo", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # nothing but the JSON object on stdout
+    assert set(out) == {
+        "try_it",
+        "model",
+        "enrolled",
+        "threshold",
+        "threshold_source",
+        "identified",
+        "correct",
+        "verified",
+    }
+    assert out["model"]["name"] == "demo"
+    assert out["model"]["reason"].startswith("BUNDLED DEMO MODEL 'demo'")
+    assert [e["speaker"] for e in out["enrolled"]] == list(_plan(CLIPS, 6).enroll)
+    assert all(e["utterances"] == 3 and len(e["files"]) == 3 for e in out["enrolled"])
+    assert out["threshold"] == CARD["recommended_threshold"]
+    assert out["threshold_source"] == "model card (demo)"
+    rows = out["identified"]
+    assert len(rows) == 7 and set(rows[0]) == {"file", "truth", "answer", "score", "correct"}
+    assert rows[0]["truth"] == "so0003" and rows[-1]["truth"] is None  # never enrolled
+    assert out["correct"] == sum(r["correct"] for r in rows) >= 6
+    assert all(r["correct"] == (r["truth"] == r["answer"]) for r in rows)
+    claims = {v["claim"]: v for v in out["verified"]}
+    assert set(claims) == {"genuine", "impostor"}
+    assert claims["genuine"]["accepted"] is True and claims["impostor"]["accepted"] is False
+    assert set(claims["genuine"]) == {
+        "claim", "speaker", "file", "score", "threshold", "accepted", "reason"
+    }  # fmt: skip

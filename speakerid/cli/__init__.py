@@ -4,13 +4,40 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Annotated
 
 import typer
 
+from .. import __version__
 from . import copy_cmd, eval_cmd, manage_cmd, model_cmd, registry_cmd, serve_cmd
 from .demo_cmd import demo
 from .embed_cmd import embed
 from .train_cmd import train
+
+
+def _show_flags_as_flags() -> None:
+    """Boolean flags take no value, so their help shows no type.
+
+    typer's rich help (0.2x) prints every option's annotation type, flags included
+    (``--append <bool>``, even ``--help <bool>``), although its plain help and click omit it
+    for flags. The option declarations are right (``is_flag``); the display is fixed here.
+    """
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_flags_hidden", False):
+        return  # older typer: no such column; or already fixed
+
+    def display_type_rich(self, ctx):
+        if self.is_flag or self.count:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._flags_hidden = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_show_flags_as_flags()
 
 app = typer.Typer(
     name="speakerid",
@@ -19,6 +46,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"speakerid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Speaker enrollment, identification and verification (ERes2NetV2)."""
+
+
 app.add_typer(model_cmd.app, name="model")
 app.command("embed")(embed)
 app.command("enroll")(registry_cmd.enroll)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
+from .. import config
 from ..errors import InvalidInputError, SpeakerIDError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +58,31 @@ ThresholdOpt = Annotated[
 AsnormOpt = Annotated[
     bool,
     typer.Option("--asnorm", help="AS-Norm scores (cohort: the registry's other speakers)."),
+]
+
+
+def _threads(value: str | None) -> str | None:
+    """``--threads N``: validated here (one-line error), applied by the library through
+    ``$SPEAKERID_THREADS`` when the model is loaded, so every path that computes sees it."""
+    if value is not None:
+        value = value.strip()
+        if value != "auto":
+            try:
+                value = str(config.parse_threads(value, "--threads"))
+            except SpeakerIDError as exc:
+                raise fail(str(exc), exc.exit_code) from None
+        os.environ[config.ENV_THREADS] = value
+    return value
+
+
+ThreadsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--threads",
+        metavar="N",
+        callback=_threads,
+        help="Compute threads: a number or auto (default: $SPEAKERID_THREADS or auto).",
+    ),
 ]
 
 
@@ -109,6 +136,16 @@ def handle_errors(func: F) -> F:
             raise fail("interrupted", 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def plural(n: int, word: str) -> str:
+    """``1 utterance``, ``2 utterances``: counts read as words, never ``utterance(s)``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def stdout_is_tty() -> bool:
+    """Tables for humans on a terminal, tab-separated lines for scripts otherwise."""
+    return sys.stdout.isatty()
 
 
 def emit_json(obj: Any) -> None:

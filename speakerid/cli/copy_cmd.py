@@ -25,7 +25,12 @@ LocationArg = Annotated[
 @handle_errors
 def copy(source: LocationArg, destination: LocationArg, json_out: JsonOpt = False) -> None:
     """Copy every speaker, recording and setting of SOURCE into a new or empty DESTINATION,
-    verified by counts and a checksum of all vectors before it is committed."""
+    verified by counts and a checksum of all vectors before it is committed.
+
+    \b
+    Example:
+      speakerid registry copy registry.db postgresql://speakerid@db.example/voices
+    """
     from ..service import copy_registry
 
     res = copy_registry(source, destination)

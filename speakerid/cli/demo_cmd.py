@@ -17,7 +17,15 @@ import typer
 
 from .. import weights
 from ..errors import InvalidInputError, ModelError
-from .common import DeviceOpt, handle_errors, open_service
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    ThreadsOpt,
+    emit_json,
+    handle_errors,
+    open_service,
+    plural,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIPS = ROOT / "data" / "clips"
@@ -88,56 +96,94 @@ def _plan(data: Path, speakers: int) -> Plan:
 
 @handle_errors
 def demo(
-    model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m", help="Model (default: the official one, else the bundled demo model)."
+        ),
+    ] = None,
     data: Annotated[
         Path, typer.Option("--data", help="Folder with manifest.csv (path,speaker[,role]).")
     ] = CLIPS,
     speakers: Annotated[int, typer.Option("--speakers", help="Speakers to enroll.")] = 6,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Enroll a few real speakers, identify unknown clips, verify claims, print the results."""
+    """Enroll a few real speakers, identify unknown clips, verify claims, print the results.
+
+    \b
+    Examples:
+      speakerid demo
+      speakerid demo --json
+    """
     model_ref, why = _pick_model(model)
     plan = _plan(data, speakers)
     names = list(plan.enroll)
-    typer.echo(f"model: {why}")
+    say = (lambda _text: None) if json_out else typer.echo
+    say(f"model: {why}")
+    report: dict = {"model": {"name": model_ref, "reason": why}}
     with (
         tempfile.TemporaryDirectory() as tmp,
         open_service(Path(tmp) / "demo.db", model_ref, device) as sid,
     ):
-        typer.echo(f"\n1. enroll {len(names)} speakers")
+        say(f"\n1. enroll {len(names)} speakers")
+        report["enrolled"] = []
         for name, files in plan.enroll.items():
             r = sid.enroll(name, files)
-            typer.echo(f"   enrolled {name} from {len(files)} files -> {r.utterances} utterances")
+            report["enrolled"].append(
+                {"speaker": name, "files": [str(f) for f in files], "utterances": r.utterances}
+            )
+            say(
+                f"   enrolled {name} from {plural(len(files), 'file')} "
+                f"-> {plural(r.utterances, 'utterance')}"
+            )
         unknown = sum(truth not in plan.enroll for truth, _ in plan.probes)
-        typer.echo(
-            f"\n2. identify {len(plan.probes)} clips ({unknown} from a voice never enrolled)"
-        )
+        say(f"\n2. identify {len(plan.probes)} clips ({unknown} from a voice never enrolled)")
         t, source = sid.threshold()
+        report["threshold"], report["threshold_source"] = t, source
         results = sid.identify_many([p for _, p in plan.probes], top_k=2)
         correct = 0
+        report["identified"] = []
         for (truth, path), r in zip(plan.probes, results):
             answer = r.speaker or "unknown"
             expected = truth if truth in plan.enroll else "unknown"
             correct += answer == expected
-            typer.echo(
+            report["identified"].append(
+                {
+                    "file": str(path),
+                    "truth": truth if truth in plan.enroll else None,  # None: never enrolled
+                    "answer": r.speaker,
+                    "score": round(r.score, 6),
+                    "correct": answer == expected,
+                }
+            )
+            say(
                 f"   {path.name}: {answer:<8} score {r.score:.3f}  "
                 f"(truth: {expected}) {'OK' if answer == expected else 'MISS'}"
             )
-        typer.echo(f"   {correct}/{len(plan.probes)} correct at threshold {t:.3f} ({source})")
-        typer.echo("\n3. verify claims")
+        report["correct"] = correct
+        say(f"   {correct}/{len(plan.probes)} correct at threshold {t:.3f} ({source})")
+        say("\n3. verify claims")
         probe_of = {truth: p for truth, p in plan.probes}
         claims = [("genuine", names[0], probe_of.get(names[0]))]
         claims.append(("impostor", names[0], probe_of.get(names[1])))
+        report["verified"] = []
         for label, claimed, path in claims:
             if path is None:
                 continue
             v = sid.verify(claimed, path)
-            typer.echo(
+            report["verified"].append({"claim": label, **v.to_dict()})
+            say(
                 f"   {label}: is {Path(v.file).name} {v.speaker}? "
                 f"{'accepted' if v.accepted else 'rejected'} (score {v.score:.3f})"
             )
+    report["try_it"] = try_it_commands(model_ref, plan)
+    if json_out:
+        emit_json(report)
+        return
     typer.echo("\nTry it yourself (a registry in ./speakerid-demo.db):")
-    for line in try_it_commands(model_ref, plan):
+    for line in report["try_it"]:
         typer.echo(f"  {line}")
 
 

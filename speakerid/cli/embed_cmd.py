@@ -11,6 +11,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    ThreadsOpt,
     download_progress,
     emit_json,
     handle_errors,
@@ -35,12 +36,19 @@ def embed(
     files: Annotated[list[Path], typer.Argument(help="Audio files (wav/flac/ogg/opus/mp3).")],
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Save one <name>.npy per file here.")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compute L2-normalized speaker embeddings."""
+    """Compute L2-normalized speaker embeddings.
+
+    \b
+    Examples:
+      speakerid embed a.wav b.wav --json
+      speakerid embed recordings/*.flac -o embeddings/
+    """
     import numpy as np
 
     from ..audio import load_audio

@@ -14,6 +14,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    ThreadsOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
@@ -178,9 +179,16 @@ def evaluate(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """EER, minDCF, thresholds at 1%/0.1% FAR, identification accuracy, open-set FAR."""
+    """EER, minDCF, thresholds at 1%/0.1% FAR, identification accuracy, open-set FAR.
+
+    \b
+    Examples:
+      speakerid evaluate people/ --plot plots/
+      speakerid evaluate trials.txt --root audio/ --json
+    """
     with open_service(db, model, device, json_mode=json_out) as sid:
         rep = _run(
             sid,
@@ -231,9 +239,15 @@ def calibrate(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Recommend the threshold that keeps false accepts at --target-far on your data."""
+    """Recommend the threshold that keeps false accepts at --target-far on your data.
+
+    \b
+    Example:
+      speakerid calibrate people/ --target-far 0.01 --apply
+    """
     from ..errors import InvalidInputError
     from ..evaluation import calibrate as recommend
 

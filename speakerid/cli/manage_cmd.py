@@ -20,6 +20,8 @@ from .common import (
     fail,
     handle_errors,
     open_service,
+    plural,
+    stdout_is_tty,
 )
 
 index_app = typer.Typer(
@@ -29,7 +31,13 @@ index_app = typer.Typer(
 
 @handle_errors
 def list_speakers(db: DbOpt = None, json_out: JsonOpt = False, server: ServerOpt = None) -> None:
-    """Enrolled speakers."""
+    """Enrolled speakers.
+
+    \b
+    Examples:
+      speakerid list
+      speakerid list --json
+    """
     with open_service(db, server=server_url(server)) as sid:
         rows = sid.list()
     if json_out:
@@ -37,8 +45,25 @@ def list_speakers(db: DbOpt = None, json_out: JsonOpt = False, server: ServerOpt
         return
     if not rows:
         typer.echo("no speakers enrolled")
+        return
+    if not stdout_is_tty():  # scripts: name, utterances, created, updated (tab-separated)
+        for r in rows:
+            d = r.to_dict()
+            typer.echo(f"{r.name}\t{r.utterances}\t{d['created']}\t{d['updated']}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, highlight=False)
+    for header in ("Speaker", "Utterances", "Created (UTC)", "Updated (UTC)"):
+        table.add_column(header, justify="right" if header == "Utterances" else "left")
     for r in rows:
-        typer.echo(f"{r.name}\t{r.utterances} utterance(s)\tupdated {r.to_dict()['updated']}")
+        d = r.to_dict()
+        table.add_row(r.name, str(r.utterances), d["created"], d["updated"])
+    console = Console(highlight=False)
+    console.print(table)
+    total = sum(r.utterances for r in rows)
+    console.print(f"{plural(len(rows), 'speaker')}, {plural(total, 'utterance')}")
 
 
 @handle_errors
@@ -48,14 +73,19 @@ def show(
     json_out: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
-    """One speaker's utterances (sources, durations, hashes) and metadata."""
+    """One speaker's utterances (sources, durations, hashes) and metadata.
+
+    \b
+    Example:
+      speakerid show alice
+    """
     with open_service(db, server=server_url(server)) as sid:
         info = sid.show(name).to_dict()
     if json_out:
         emit_json(info)
         return
     typer.echo(
-        f"{info['name']}: {info['utterances']} utterance(s), created {info['created']}, "
+        f"{info['name']}: {plural(info['utterances'], 'utterance')}, created {info['created']}, "
         f"updated {info['updated']}"
     )
     for k, v in (info.get("metadata") or {}).items():
@@ -73,7 +103,12 @@ def remove(
     json_out: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
-    """Delete a speaker and all its embeddings (database and index)."""
+    """Delete a speaker and all its embeddings (database and index).
+
+    \b
+    Example:
+      speakerid remove alice --yes
+    """
     with open_service(db, server=server_url(server)) as sid:
         sid.show(name)  # unknown speaker: error before asking
         if not yes:
@@ -84,7 +119,7 @@ def remove(
     if json_out:
         emit_json({"removed": name, "utterances": count})
     else:
-        typer.echo(f"removed {name} ({count} utterance(s))")
+        typer.echo(f"removed {name} ({plural(count, 'utterance')})")
 
 
 @handle_errors
@@ -94,7 +129,12 @@ def rename(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Rename a speaker."""
+    """Rename a speaker.
+
+    \b
+    Example:
+      speakerid rename alice "Alice Smith"
+    """
     with open_service(db) as sid:
         sid.rename(old, new)
     if json_out:
@@ -133,6 +173,11 @@ def import_embeddings(
 
     Without --names/--speaker each file is one speaker named after the file stem. The
     embeddings must come from the registry's model (--model binds a new registry).
+
+    \b
+    Examples:
+      speakerid import-embeddings emb/*.npy
+      speakerid import-embeddings matrix.npy --names names.txt
     """
     import numpy as np
 
@@ -167,7 +212,8 @@ def import_embeddings(
         emit_json([r.to_dict() for r in results])
     else:
         typer.echo(
-            f"imported {sum(r.added for r in results)} embedding(s) for {len(results)} speaker(s)"
+            f"imported {plural(sum(r.added for r in results), 'embedding')} for "
+            f"{plural(len(results), 'speaker')}"
         )
 
 
@@ -181,6 +227,10 @@ def export(
 
     Writes embeddings.npy + names.txt (also readable by import-embeddings), voiceprints.npy and
     speakers.json (model binding, thresholds, metadata, times, sources, hashes, checksums).
+
+    \b
+    Example:
+      speakerid export backup/
     """
     with open_service(db) as sid:
         summary = sid.export(directory)
@@ -188,8 +238,8 @@ def export(
         emit_json(summary)
     else:
         typer.echo(
-            f"exported {summary['speakers']} speaker(s), {summary['utterances']} "
-            f"embedding(s) to {summary['directory']}"
+            f"exported {plural(summary['speakers'], 'speaker')}, "
+            f"{plural(summary['utterances'], 'embedding')} to {summary['directory']}"
         )
 
 
@@ -210,6 +260,11 @@ def import_backup(
     A new registry is bound to the backup's model and gets its thresholds; a registry bound to
     another model refuses it. Speakers that already exist refuse the import unless
     --skip-existing or --replace.
+
+    \b
+    Examples:
+      speakerid import backup/
+      speakerid import backup/ --db other.db --skip-existing
     """
     if skip_existing and replace:
         raise InvalidInputError("--skip-existing and --replace exclude each other")
@@ -220,13 +275,14 @@ def import_backup(
         emit_json(res.to_dict())
         return
     typer.echo(
-        f"imported {res.speakers} speaker(s), {res.utterances} embedding(s) "
+        f"imported {plural(res.speakers, 'speaker')}, {plural(res.utterances, 'embedding')} "
         f"(model {res.model}) from {res.directory}"
     )
     if res.skipped:
-        typer.echo(f"kept {len(res.skipped)} existing speaker(s): {', '.join(res.skipped)}")
+        kept = plural(len(res.skipped), "existing speaker")
+        typer.echo(f"kept {kept}: {', '.join(res.skipped)}")
     if res.replaced:
-        typer.echo(f"replaced {len(res.replaced)} speaker(s): {', '.join(res.replaced)}")
+        typer.echo(f"replaced {plural(len(res.replaced), 'speaker')}: {', '.join(res.replaced)}")
     if not res.thresholds_restored:
         typer.echo("kept the registry's thresholds (it already had speakers)")
 
@@ -249,7 +305,12 @@ def _report(rep, json_out: bool) -> None:
 @index_app.command("check")
 @handle_errors
 def index_check(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Verify the index against the database (exit 1 when it is missing or stale)."""
+    """Verify the index against the database (exit 1 when it is missing or stale).
+
+    \b
+    Example:
+      speakerid index check
+    """
     with open_service(db) as sid:
         _report(sid.check_index(), json_out)
 
@@ -257,14 +318,25 @@ def index_check(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 @index_app.command("rebuild")
 @handle_errors
 def index_rebuild(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Rebuild the index from the database."""
+    """Rebuild the index from the database.
+
+    \b
+    Example:
+      speakerid index rebuild
+    """
     with open_service(db) as sid:
         _report(sid.rebuild_index(), json_out)
 
 
 @handle_errors
 def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Registry path, bound model, counts, threshold and index state."""
+    """Registry path, bound model, counts, threshold and index state.
+
+    \b
+    Examples:
+      speakerid info
+      speakerid info --db voices.db --json
+    """
     with open_service(db) as sid:
         data = sid.info().to_dict()
     if json_out:
@@ -284,7 +356,14 @@ def threshold(
     model: ModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show the effective threshold, store VALUE as the registry's, or --reset it."""
+    """Show the effective threshold, store VALUE as the registry's, or --reset it.
+
+    \b
+    Examples:
+      speakerid threshold
+      speakerid threshold 0.42
+      speakerid threshold --reset
+    """
     if reset and value is not None:
         raise InvalidInputError("give a threshold value or --reset, not both")
     with open_service(db, model) as sid:

@@ -22,7 +22,12 @@ Sha256Opt = Annotated[
 @app.command("list")
 @handle_errors
 def list_models(json_out: JsonOpt = False) -> None:
-    """Known and installed models."""
+    """Known and installed models.
+
+    \b
+    Example:
+      speakerid model list
+    """
     rows = []
     for name in sorted(set(weights.KNOWN_MODELS) | set(weights.installed_models())):
         known = weights.KNOWN_MODELS.get(name)
@@ -69,7 +74,12 @@ def download(
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Download a known model from ModelScope into the cache (verifying its checksum)."""
+    """Download a known model from ModelScope into the cache (verifying its checksum).
+
+    \b
+    Example:
+      speakerid model download eres2netv2
+    """
     path = weights.download(
         name, progress=download_progress(show_progress(json_out)), sha256=sha256, force=force
     )
@@ -90,7 +100,12 @@ def install(
     force: Annotated[bool, typer.Option("--force", help="Accept a checksum mismatch.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Install a local checkpoint file (e.g. downloaded by hand on another machine)."""
+    """Install a local checkpoint file (e.g. downloaded by hand on another machine).
+
+    \b
+    Example:
+      speakerid model install pretrained_eres2netv2.ckpt --name eres2netv2
+    """
     dest = weights.install(path, name=name, sha256=sha256, force=force)
     installed = name or path.stem
     if json_out:
@@ -105,7 +120,14 @@ def info(
     model: Annotated[str, typer.Argument(help="Known/installed model name or checkpoint path.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Configuration (inferred from the weights), parameter count and checksum of a model."""
+    """Configuration (inferred from the weights), parameter count and checksum of a model.
+
+    A known model that is not installed is described from the pinned table (no download).
+
+    \b
+    Example:
+      speakerid model info eres2netv2
+    """
     data = weights.describe(model)
     if json_out:
         emit_json(data)
@@ -124,7 +146,12 @@ def export_onnx(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a model to ONNX (what SPEAKERID_BACKEND=onnx runs) and check its agreement."""
+    """Export a model to ONNX (what SPEAKERID_BACKEND=onnx runs) and check its agreement.
+
+    \b
+    Example:
+      speakerid model export-onnx eres2netv2
+    """
     from .. import onnx_backend
 
     resolved = weights.resolve(model, progress=download_progress(show_progress(json_out)))

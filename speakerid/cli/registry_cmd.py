@@ -25,10 +25,12 @@ from .common import (
     JsonOpt,
     ModelOpt,
     ServerOpt,
+    ThreadsOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
     open_service,
+    plural,
     progress_bar,
     show_progress,
 )
@@ -91,9 +93,16 @@ def enroll(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     server: ServerOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Enroll a speaker from one or more recordings (all-or-nothing)."""
+    """Enroll a speaker from one or more recordings (all-or-nothing).
+
+    \b
+    Examples:
+      speakerid enroll alice alice1.wav alice2.flac
+      speakerid enroll alice alice3.mp3 --append --meta team=red
+    """
     with (
         open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
@@ -114,7 +123,9 @@ def enroll(
         emit_json(res.to_dict())
         return
     verb = "enrolled" if res.created else "updated"
-    typer.echo(f"{verb} {res.speaker}: {res.added} new, {res.utterances} utterances in total")
+    typer.echo(
+        f"{verb} {res.speaker}: {res.added} new, {plural(res.utterances, 'utterance')} in total"
+    )
     for s in res.skipped:
         typer.echo(f"skipped {s} (already enrolled)")
 
@@ -135,11 +146,18 @@ def enroll_dir(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll every sub-folder of DIRECTORY as a speaker, in one transaction.
 
-    Same checks as enroll; files already enrolled are skipped without being embedded again."""
+    Same checks as enroll; files already enrolled are skipped without being embedded again.
+
+    \b
+    Examples:
+      speakerid enroll-dir people/
+      speakerid enroll-dir people/ --append --skip-errors
+    """
     total = sum(1 for _ in directory.rglob("*") if _.is_file()) if directory.is_dir() else 0
     with (
         open_service(db, model, device, json_mode=json_out) as sid,
@@ -161,7 +179,9 @@ def enroll_dir(
         return
     for r in results:
         verb = "enrolled" if r.created else "updated" if r.added else "unchanged"
-        typer.echo(f"{verb} {r.speaker}: {r.added} new, {r.utterances} utterances in total")
+        typer.echo(
+            f"{verb} {r.speaker}: {r.added} new, {plural(r.utterances, 'utterance')} in total"
+        )
         for s in r.skipped:
             typer.echo(f"skipped {s} (already enrolled)")
     for e in errors:
@@ -180,11 +200,18 @@ def identify(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     server: ServerOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Who is speaking? Open-set: below the threshold, or without speech, 'unknown'.
 
     Exit 0 when every file is identified, 1 when any is unknown, 2 when any file failed.
+
+    \b
+    Examples:
+      speakerid identify unknown.wav other.ogg --top-k 3
+      speakerid identify recordings/ --json
+      speakerid identify - < call.wav
     """
     sources = _inputs(files)
     with (
@@ -231,12 +258,18 @@ def verify(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     server: ServerOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error.
 
     One file gives one JSON object; several files (or a folder) an array, one entry per file,
     and exit 2 if any file failed, else 1 if any was rejected.
+
+    \b
+    Examples:
+      speakerid verify alice claim.wav
+      speakerid verify alice claim1.wav claim2.wav --threshold 0.5 --json
     """
     single = len(files) == 1 and not files[0].is_dir()
     sources = _inputs(files)
@@ -285,9 +318,15 @@ def compare(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     server: ServerOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1."""
+    """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1.
+
+    \b
+    Example:
+      speakerid compare a.wav b.wav
+    """
     with open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid:
         r = sid.compare(file1, file2, threshold=threshold, min_speech=min_speech)
     if json_out:

@@ -56,6 +56,11 @@ def serve(
     """Serve the registry over HTTP (JSON API, web page at /, docs at /docs) until SIGTERM.
 
     With no API keys the server runs open, on a loopback address only.
+
+    \b
+    Examples:
+      speakerid serve
+      speakerid serve --host 0.0.0.0 --port 8000 --workers 2
     """
     from ..server.runner import run
     from ..server.settings import ServerSettings
@@ -96,7 +101,12 @@ def create(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a key and print its secret (shown once: only its hash is stored)."""
+    """Create a key and print its secret (shown once: only its hash is stored).
+
+    \b
+    Example:
+      speakerid keys create frontdesk --scope read
+    """
     from ..keys import check_scope
 
     check_scope(scope)
@@ -116,7 +126,12 @@ def create(
 @keys_app.command("list")
 @handle_errors
 def list_keys(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Keys: name, scope, creation time (never the secrets)."""
+    """Keys: name, scope, creation time (never the secrets).
+
+    \b
+    Example:
+      speakerid keys list --json
+    """
     with open_service(db) as sid:
         rows = [k.to_dict() for k in sid.api_keys().list()]
     if json_out:
@@ -135,7 +150,12 @@ def revoke(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Revoke a key (running servers refuse it from the next request on)."""
+    """Revoke a key (running servers refuse it from the next request on).
+
+    \b
+    Example:
+      speakerid keys revoke frontdesk
+    """
     with open_service(db) as sid:
         sid.api_keys().revoke(name)
     if json_out:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DeviceOpt, JsonOpt, emit_json, handle_errors, show_progress
+from .common import DeviceOpt, JsonOpt, ThreadsOpt, emit_json, handle_errors, show_progress
 
 #: Peak learning rates by (optimizer, fine-tuning): fine-tuning uses 1/20 of the from-scratch rate.
 DEFAULT_LR = {
@@ -119,9 +119,15 @@ def train(
         bool, typer.Option("--restart", help="Ignore a saved training state and start over.")
     ] = False,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train with AAM-softmax; re-running the same command resumes from OUTPUT.state.pt."""
+    """Train with AAM-softmax; re-running the same command resumes from OUTPUT.state.pt.
+
+    \b
+    Example:
+      speakerid train people/ -o mine.pt --init eres2netv2 --epochs 5
+    """
     from ..errors import InvalidInputError
     from ..training.trainer import TrainConfig
     from ..training.trainer import train as run_training

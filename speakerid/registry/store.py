@@ -11,6 +11,7 @@ the blob format in ``vectors.py``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -55,6 +56,9 @@ MAX_NAME_LENGTH = 200
 #: Writes whose change-log entries are kept; an index cache further behind rebuilds.
 LOG_KEEP = 10_000
 _CHUNK = 900  # bound parameters per IN (...) query
+#: "Did you mean" compares against every name only up to this many speakers (difflib is O(n),
+#: ~0.1 s per 50k names); larger registries suggest case-insensitive matches only.
+SUGGEST_MAX_SPEAKERS = 50_000
 
 
 @dataclass(frozen=True)
@@ -354,8 +358,39 @@ class Registry:
     def _get(self, s: Session, name: str) -> Speaker:
         spk = s.scalar(select(Speaker).where(Speaker.name == check_name(name)))
         if spk is None:
-            raise SpeakerNotFoundError(f"no speaker named {check_name(name)!r} in the registry")
+            raise self._not_found(s, name)
         return spk
+
+    def similar_names(self, name: str, n: int = 3) -> list[str]:
+        """Enrolled names close to ``name`` (case and small typos), best first."""
+        with self.db.Session() as s:
+            return self._similar(s, check_name(name), n)
+
+    @staticmethod
+    def _similar(s: Session, name: str, n: int) -> list[str]:
+        names = s.scalars(select(Speaker.name).limit(SUGGEST_MAX_SPEAKERS + 1)).all()
+        if len(names) > SUGGEST_MAX_SPEAKERS:
+            return list(
+                s.scalars(
+                    select(Speaker.name).where(func.lower(Speaker.name) == name.lower()).limit(n)
+                )
+            )
+        folded: dict[str, list[str]] = {}
+        for other in names:
+            folded.setdefault(other.casefold(), []).append(other)
+        close = difflib.get_close_matches(name.casefold(), list(folded), n=n, cutoff=0.75)
+        return [other for key in close for other in folded[key]][:n]
+
+    def _not_found(self, s: Session, name: str) -> SpeakerNotFoundError:
+        """The one-line error for an unknown name, with close matches and a swapped-args hint."""
+        clean = check_name(name)
+        message = f"no speaker named {clean!r} in the registry"
+        close = self._similar(s, clean, 3)
+        if close:
+            message += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+        if os.path.isfile(name):  # e.g. `verify claim.wav alice`: the name goes first
+            message += f"; {clean!r} is a file: the speaker name comes first, then the audio"
+        return SpeakerNotFoundError(message)
 
     def speaker(self, name: str) -> SpeakerInfo:
         with self.db.Session() as s:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import weights
+from ..embedder import apply_threads
 from ..errors import SpeakerIDError
 from ..features import fbank, fbank_batch
 from ..metrics import eer
@@ -124,6 +125,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None, restart: bool = Fa
     started = time.monotonic()
     report = progress or (lambda _phase, _adv, _total: None)
     output = check_config(cfg)
+    apply_threads()  # $SPEAKERID_THREADS / --threads, before any torch work
     device = _device(cfg.device)
     state_file = state_path(output)
     saved = None
