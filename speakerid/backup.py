@@ -267,7 +267,8 @@ def _parse(m: dict, emb: np.ndarray, vps: np.ndarray) -> tuple[BindingRecord, li
             SpeakerRecord(name, meta, _time(e["created"]), _time(e["updated"]), vps[i], utts)
         )
     if (owner < 0).any():
-        raise ValueError(f"{int((owner < 0).sum())} row(s) of {EMBEDDINGS} belong to no speaker")
+        n = int((owner < 0).sum())
+        raise ValueError(f"{n} {'row' if n == 1 else 'rows'} of {EMBEDDINGS} belong to no speaker")
     _check_voiceprints(speakers, emb, owner, vps)
     names = [sp.name for sp in speakers]
     if len(set(names)) != len(names):

@@ -293,7 +293,7 @@ def test_existing_speakers_refused_kept_or_replaced(tmp_path, source, model_copy
 
     target("target.db")
     _refused_untouched(
-        tmp_path, [bk], "1 speaker(s) of the backup already exist in the registry ('bob')"
+        tmp_path, [bk], "1 speaker of the backup already exists in the registry ('bob')"
     )
     _refused_untouched(tmp_path, [bk, "--skip-existing", "--replace"], "exclude each other")
 
@@ -313,7 +313,7 @@ def test_existing_speakers_refused_kept_or_replaced(tmp_path, source, model_copy
 
     db = target("replace.db")
     r = runner.invoke(app, ["import", str(bk), "--db", str(db), "--replace"])
-    assert r.exit_code == 0 and "replaced 1 speaker(s): bob" in r.stdout, r.output
+    assert r.exit_code == 0 and "replaced 1 speaker: bob" in r.stdout, r.output
     after = _rows(db)
     assert [s for s in after[1] if s[0] != "erin"] == src_rows[1]
     assert [u for u in after[2] if u[0] != "erin"] == src_rows[2]

@@ -68,7 +68,7 @@ def test_keys_cli_stores_only_hashes(tmp_path):
 
 def test_requests_need_a_key_of_the_right_scope(keyed):
     srv, key = keyed
-    assert "3 API key(s)" in srv.logs()
+    assert "3 API keys: requests need" in srv.logs()
     with srv.client() as anon:
         assert anon.get("/healthz").status_code == 200  # probes and metrics stay open
         assert anon.get("/readyz").json()["auth"] == "keys"
@@ -137,7 +137,7 @@ def test_requests_need_a_key_of_the_right_scope(keyed):
 def test_open_only_on_loopback_without_keys(tmp_path):
     assert "open" in check_auth(ServerSettings(host="127.0.0.1"), 0)
     assert "open" in check_auth(ServerSettings(host="::1"), 0)
-    assert "API key(s)" in check_auth(ServerSettings(host="0.0.0.0"), 2)
+    assert "2 API keys: requests need" in check_auth(ServerSettings(host="0.0.0.0"), 2)
     assert "--no-auth" in check_auth(ServerSettings(host="0.0.0.0", no_auth=True), 0)
     with pytest.raises(AuthenticationError, match="refusing to serve 0.0.0.0 without API keys"):
         check_auth(ServerSettings(host="0.0.0.0"), 0)

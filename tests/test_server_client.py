@@ -146,7 +146,7 @@ def test_cli_with_server_env_or_flag_answers_like_the_local_cli(srv, tmp_path):
     shown = json.loads(cli(home, "show", "dave", "--json", server=srv.url).stdout)
     assert [s["source"] for s in shown["sources"]] == [str(REL[8]), str(REL[9])]
     assert cli(home, "remove", "dave", "--yes", server=srv.url).stdout.strip() == (
-        "removed dave (2 utterance(s))"
+        "removed dave (2 utterances)"
     )
     err = cli(home, "show", "dave", server=srv.url, code=2).stderr
     assert err.strip() == "error: no speaker named 'dave' in the registry"

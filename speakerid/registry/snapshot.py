@@ -186,7 +186,8 @@ def restore_into(
         shown = ", ".join(repr(n) for n in sorted(existing)[:3])
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise SpeakerExistsError(
-            f"{len(existing)} speaker(s) of the backup already exist in the "
+            f"{len(existing)} {'speaker' if len(existing) == 1 else 'speakers'} of the backup "
+            f"already {'exists' if len(existing) == 1 else 'exist'} in the "
             f"registry ({shown}{more}); use --skip-existing to keep them or "
             f"--replace to overwrite them"
         )

@@ -37,7 +37,8 @@ def check_auth(settings: ServerSettings, keys: int) -> str:
     if settings.no_auth:
         return "warning: --no-auth: every request is accepted without a key"
     if keys:
-        return f"{keys} API key(s): requests need 'Authorization: Bearer KEY'"
+        noun = "API key" if keys == 1 else "API keys"
+        return f"{keys} {noun}: requests need 'Authorization: Bearer KEY'"
     if not settings.loopback:
         raise AuthenticationError(
             f"refusing to serve {settings.host} without API keys: create one (speakerid keys "
