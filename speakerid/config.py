@@ -23,7 +23,9 @@ ENV_THRESHOLD = "SPEAKERID_THRESHOLD"
 ENV_DEVICE = "SPEAKERID_DEVICE"
 ENV_INDEX = "SPEAKERID_INDEX"
 ENV_BACKEND = "SPEAKERID_BACKEND"
-BACKENDS = ("torch", "onnx")
+ENV_CACHE = "SPEAKERID_CACHE"
+#: ``auto``: the fastest exact backend available (ONNX Runtime on CPU, PyTorch on CUDA).
+BACKENDS = ("auto", "torch", "onnx")
 INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
 
 
@@ -39,6 +41,14 @@ def home_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "speakerid"
+
+
+def cache_dir() -> Path:
+    """Files derived from models (ONNX exports): ``$SPEAKERID_CACHE``, else the home.
+
+    Keyed by checkpoint sha256, so one cache can serve many homes (tests share one)."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else home_dir()
 
 
 def models_dir() -> Path:
@@ -76,8 +86,9 @@ def default_device() -> str:
 
 
 def default_backend() -> str:
-    """``$SPEAKERID_BACKEND``: ``torch`` (default) or ``onnx`` (ONNX Runtime, CPU only)."""
-    name = os.environ.get(ENV_BACKEND) or "torch"
+    """``$SPEAKERID_BACKEND``: ``auto`` (default: ONNX Runtime on CPU, PyTorch on CUDA),
+    ``torch`` or ``onnx`` (ONNX Runtime, CPU only)."""
+    name = os.environ.get(ENV_BACKEND) or "auto"
     return check_backend(name, f"${ENV_BACKEND}={name!r}")
 
 

@@ -18,22 +18,28 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from . import weights
 from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
 from .config import check_backend, default_backend, default_device, default_model
-from .errors import AudioError, DeviceError
-from .features import fbank, fbank_batch
-from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
+from .errors import AudioError, DeviceError, OnnxUnavailableError
+from .features import fbank_numpy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .onnx_backend import Prepare
 
 log = logging.getLogger("speakerid")
 
 MAX_SEGMENT_SECONDS = 60.0
 #: Longest padding (as a fraction of the shortest item) accepted inside one batch.
 MAX_PADDING = 0.15
+#: A feature matrix: numpy for the ONNX Runtime backend, a tensor for PyTorch.
+Features = Any
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    import torch
+
     name = (device or default_device()).lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,6 +76,29 @@ def resolve_device(device: str | None) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise DeviceError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+
+
+def device_name(device: str | None) -> str:
+    """The device as a string (``cpu``, ``cuda:0``...); torch is imported only for others."""
+    name = (device or default_device()).lower()
+    return name if name == "cpu" else str(resolve_device(name))
+
+
+def choose_backend(requested: str, on_cpu: bool) -> str:
+    """``torch`` or ``onnx`` for a requested backend (``auto``: ONNX Runtime on CPU when
+    onnxruntime is installed, else PyTorch). An explicit ``onnx`` off the CPU is an error."""
+    if requested == "onnx" and not on_cpu:
+        raise DeviceError("the onnx backend runs on CPU only (use --device cpu)")
+    if requested != "auto":
+        return requested
+    if not on_cpu:
+        return "torch"  # CUDA: PyTorch (batched, on the device)
+    from .onnx_backend import runtime_available
+
+    if runtime_available():
+        return "onnx"
+    log.warning("onnxruntime is not installed: using the slower PyTorch backend")
+    return "torch"
 
 
 def segments(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[np.ndarray]:
@@ -90,6 +121,7 @@ class Embedder:
         batch_size: int | None = None,
         fast_cpu: bool = True,
         backend: str | None = None,
+        on_prepare: Prepare | None = None,
     ) -> None:
         resolved = weights.resolve(model or default_model(), progress=progress)
         self.name = resolved.name
@@ -97,51 +129,94 @@ class Embedder:
         self.sha256 = resolved.sha256
         #: What a registry stores to load this model again (a name or an absolute path).
         self.ref = resolved.ref
-        self.device = resolve_device(device)
-        self.model = weights.load_model(resolved.path).to(self.device)
-        self.config = self.model.config
-        self.dim = self.config.embedding_size
+        self._device = device_name(device)
         # Measured on 2 CPU cores (bench/embed.py, docs/performance.md): padded batches are ~2x
         # slower per utterance than batch 1 (activations fall out of cache), channels_last is
         # ~1.25x faster, and 1x1 convolutions through oneDNN plus folded BatchNorm another
         # ~1.4x; on CUDA, batching is what pays.
-        on_cpu = self.device.type == "cpu"
+        on_cpu = self._device == "cpu"
         self.batch_size = batch_size or (1 if on_cpu else 32)
         # fbank of a whole chunk as one job on the device: per-utterance CPU fbank would starve
         # a batched GPU network. On CPU the batched version is ~2.5x slower (its intermediates
         # fall out of cache) and fbank is ~1 % of the network's time, so it stays per utterance.
         self.batched_fbank = not on_cpu
-        self.backend = check_backend(backend) if backend else default_backend()
+        requested = check_backend(backend) if backend else default_backend()
+        self.backend = choose_backend(requested, on_cpu)
+        self._model = None
         self._onnx = None
         if self.backend == "onnx":
-            if not on_cpu:
-                raise DeviceError("the onnx backend runs on CPU only (use --device cpu)")
-            from .onnx_backend import load_or_export
+            # same weights, same embeddings: the registry's model identity does not change.
+            # A cached export loads without torch; otherwise it is exported now (once).
+            self._onnx = self._load_onnx(requested == "auto", on_prepare)
+        if self.backend == "torch":
+            import torch
 
-            # same weights, same embeddings: the registry's model identity does not change
-            self._onnx = load_or_export(self.model, self.sha256)
-        elif on_cpu and fast_cpu:
-            self.model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
-            use_onednn_pointwise(self.model)
+            from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
 
-    @torch.inference_mode()
-    def _forward(self, feats: list[torch.Tensor]) -> np.ndarray:
+            net = weights.load_model(resolved.path).to(self.device)
+            if on_cpu and fast_cpu:
+                net = fold_batchnorm(net).to(memory_format=torch.channels_last)
+                use_onednn_pointwise(net)
+            self._model = net
+            self.dim = net.config.embedding_size
+        else:
+            self.dim = self._onnx.dim
+
+    def _load_onnx(self, auto: bool, on_prepare: Prepare | None):
+        """The ONNX Runtime network; with ``auto``, PyTorch (one log line) if it cannot be
+        exported here (the ``onnx`` package missing, a cache folder that cannot be written)."""
+        from .onnx_backend import load_or_export
+
+        try:
+            return load_or_export(
+                lambda: weights.load_model(self.path), self.sha256, on_prepare, self.name
+            )
+        except (OnnxUnavailableError, OSError) as exc:
+            if not auto:
+                raise
+            log.warning("cannot export to ONNX (%s): using the slower PyTorch backend", exc)
+            self.backend = "torch"
+            return None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs (a ``torch.device``; importing torch on first use)."""
+        import torch
+
+        return torch.device(self._device)
+
+    @property
+    def model(self):
+        """The PyTorch module: the one that runs (PyTorch backend), or the checkpoint loaded
+        on demand (ONNX Runtime backend, which never needs it once exported)."""
+        if self._model is None:
+            self._model = weights.load_model(self.path)
+        return self._model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _forward(self, feats: list[Features]) -> np.ndarray:
         lengths = [f.shape[0] for f in feats]
         if self._onnx is not None:  # the exported graph has no length mask: equal lengths only
             if len(set(lengths)) == 1:
-                return self._onnx(torch.stack(feats))
-            return np.concatenate([self._onnx(f.unsqueeze(0)) for f in feats])
-        if len(set(lengths)) == 1:
-            return self.model(torch.stack(feats).to(self.device)).float().cpu().numpy()
-        batch = torch.zeros(len(feats), max(lengths), feats[0].shape[1], device=feats[0].device)
-        for i, f in enumerate(feats):
-            batch[i, : f.shape[0]] = f
-        lens = torch.tensor(lengths, device=self.device)
-        return self.model(batch.to(self.device), lens).float().cpu().numpy()
+                return self._onnx(np.stack(feats))
+            return np.concatenate([self._onnx(f[None]) for f in feats])
+        import torch
+
+        with torch.inference_mode():
+            if len(set(lengths)) == 1:
+                return self.model(torch.stack(feats).to(self.device)).float().cpu().numpy()
+            batch = torch.zeros(len(feats), max(lengths), feats[0].shape[1], device=feats[0].device)
+            for i, f in enumerate(feats):
+                batch[i, : f.shape[0]] = f
+            lens = torch.tensor(lengths, device=self.device)
+            return self.model(batch.to(self.device), lens).float().cpu().numpy()
 
     def embed_features(
         self,
-        feats: Sequence[torch.Tensor],
+        feats: Sequence[Features],
         batch_size: int | None = None,
         on_batch: Callable[[list[int]], None] | None = None,
     ) -> np.ndarray:
@@ -173,7 +248,7 @@ class Embedder:
         flush()
         return out
 
-    def _features(self, clips: Sequence[AudioClip]) -> tuple[list[torch.Tensor], np.ndarray]:
+    def _features(self, clips: Sequence[AudioClip]) -> tuple[list[Features], np.ndarray]:
         """fbank of every segment of every clip, and which clip each segment belongs to."""
         waves: list[np.ndarray] = []
         owner: list[int] = []
@@ -181,16 +256,22 @@ class Embedder:
             for seg in segments(clip.samples):
                 waves.append(seg)
                 owner.append(i)
-        if self.batched_fbank:
+        if self._onnx is not None:  # numpy: no torch on this path
+            pieces = [fbank_numpy(w) for w in waves]
+        elif self.batched_fbank:
+            from .features import fbank_batch
+
             pieces = fbank_batch(waves, self.device)
         else:
+            from .features import fbank
+
             pieces = [fbank(w) for w in waves]
         return pieces, np.asarray(owner)
 
     def _finish(
         self,
         clips: Sequence[AudioClip],
-        pieces: list[torch.Tensor],
+        pieces: list[Features],
         owner: np.ndarray,
         batch_size: int | None,
         on_progress: Callable[[int], None] | None = None,

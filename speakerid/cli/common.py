@@ -28,6 +28,14 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     Optional[str], typer.Option("--device", help="cpu (default), cuda, cuda:N or auto.")
 ]
+BackendOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--backend",
+        help="auto (default: ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch "
+        "(default: $SPEAKERID_BACKEND, else auto).",
+    ),
+]
 DbOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -55,6 +63,7 @@ def open_service(
     device: str | None = None,
     threshold: float | None = None,
     json_mode: bool = True,
+    backend: str | None = None,
 ):
     """The library facade for a command; the model is only loaded if the command embeds."""
     from ..service import SpeakerID
@@ -65,6 +74,8 @@ def open_service(
         threshold=threshold,
         device=device,
         download_progress=download_progress(show_progress(json_mode)),
+        backend=backend,
+        on_prepare=prepare_status(show_progress(json_mode)),
     )
 
 
@@ -124,6 +135,24 @@ def progress_bar(
     ) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+def prepare_status(enabled: bool) -> Callable[[str], Any] | None:
+    """What a TTY shows while a model is exported for ONNX Runtime (first use of a model):
+    a spinner with the library's message on stderr, then one line saying it is done."""
+    if not enabled:
+        return None
+
+    @contextmanager
+    def status(message: str) -> Iterator[None]:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status(message):
+            yield
+        console.print(f"{message.split(' (')[0]}: done")
+
+    return status
 
 
 def download_progress(enabled: bool) -> Callable[[int, int | None], None] | None:

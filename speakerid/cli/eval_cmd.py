@@ -10,6 +10,7 @@ import typer
 
 from ..trials import MAX_NONTARGETS, MAX_TARGETS
 from .common import (
+    BackendOpt,
     DbOpt,
     DeviceOpt,
     JsonOpt,
@@ -178,10 +179,11 @@ def evaluate(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """EER, minDCF, thresholds at 1%/0.1% FAR, identification accuracy, open-set FAR."""
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(db, model, device, json_mode=json_out, backend=backend) as sid:
         rep = _run(
             sid,
             source,
@@ -231,6 +233,7 @@ def calibrate(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recommend the threshold that keeps false accepts at --target-far on your data."""
@@ -241,7 +244,7 @@ def calibrate(
         raise InvalidInputError("--target-far must be between 0 and 1")
     if asnorm and cohort is None:
         raise InvalidInputError("--asnorm needs --cohort DIR (audio of speakers not under test)")
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(db, model, device, json_mode=json_out, backend=backend) as sid:
         rep = _run(
             sid,
             source,
