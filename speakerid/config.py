@@ -24,6 +24,10 @@ ENV_DEVICE = "SPEAKERID_DEVICE"
 ENV_INDEX = "SPEAKERID_INDEX"
 ENV_BACKEND = "SPEAKERID_BACKEND"
 ENV_CACHE = "SPEAKERID_CACHE"
+ENV_PRECISION = "SPEAKERID_PRECISION"
+#: ``int8``: the ONNX Runtime network with dynamically quantized convolutions (opt-in: faster
+#: on CPU, embeddings within cosine ~0.998 of fp32; docs/performance.md).
+PRECISIONS = ("fp32", "int8")
 #: ``auto``: the fastest exact backend available (ONNX Runtime on CPU, PyTorch on CUDA).
 BACKENDS = ("auto", "torch", "onnx")
 INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
@@ -90,6 +94,20 @@ def default_backend() -> str:
     ``torch`` or ``onnx`` (ONNX Runtime, CPU only)."""
     name = os.environ.get(ENV_BACKEND) or "auto"
     return check_backend(name, f"${ENV_BACKEND}={name!r}")
+
+
+def default_precision() -> str:
+    """``$SPEAKERID_PRECISION``: ``fp32`` (default, exact) or ``int8`` (ONNX Runtime, CPU)."""
+    name = os.environ.get(ENV_PRECISION) or "fp32"
+    return check_precision(name, f"${ENV_PRECISION}={name!r}")
+
+
+def check_precision(name: str, label: str | None = None) -> str:
+    """``name`` if it is a known precision, else a one-line error."""
+    if name not in PRECISIONS:
+        where = label or f"unknown precision {name!r}"
+        raise InvalidInputError(f"{where}: use one of {', '.join(PRECISIONS)}")
+    return name
 
 
 def check_backend(name: str, label: str | None = None) -> str:

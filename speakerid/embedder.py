@@ -24,7 +24,14 @@ import numpy as np
 
 from . import weights
 from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
-from .config import check_backend, default_backend, default_device, default_model
+from .config import (
+    check_backend,
+    check_precision,
+    default_backend,
+    default_device,
+    default_model,
+    default_precision,
+)
 from .errors import AudioError, DeviceError, OnnxUnavailableError
 from .features import fbank_numpy
 
@@ -122,6 +129,7 @@ class Embedder:
         fast_cpu: bool = True,
         backend: str | None = None,
         on_prepare: Prepare | None = None,
+        precision: str | None = None,
     ) -> None:
         resolved = weights.resolve(model or default_model(), progress=progress)
         self.name = resolved.name
@@ -141,6 +149,12 @@ class Embedder:
         # fall out of cache) and fbank is ~1 % of the network's time, so it stays per utterance.
         self.batched_fbank = not on_cpu
         requested = check_backend(backend) if backend else default_backend()
+        #: ``fp32`` (exact) or ``int8`` (ONNX Runtime with quantized convolutions, opt-in)
+        self.precision = check_precision(precision) if precision else default_precision()
+        if self.precision != "fp32":
+            requested = "onnx" if requested == "auto" and on_cpu else requested
+            if requested != "onnx":
+                raise DeviceError(f"precision {self.precision} runs on the onnx backend only (CPU)")
         self.backend = choose_backend(requested, on_cpu)
         self._model = None
         self._onnx = None
@@ -169,7 +183,11 @@ class Embedder:
 
         try:
             return load_or_export(
-                lambda: weights.load_model(self.path), self.sha256, on_prepare, self.name
+                lambda: weights.load_model(self.path),
+                self.sha256,
+                on_prepare,
+                self.name,
+                precision=self.precision,
             )
         except (OnnxUnavailableError, OSError) as exc:
             if not auto:
@@ -313,6 +331,7 @@ class Embedder:
         chunk: int = 64,
         on_progress: Callable[[int], None] | None = None,
         collect_errors: bool = False,
+        prepare: Callable[[AudioClip], AudioClip] | None = None,
     ) -> list[Embedding | AudioError]:
         """Embeddings of many inputs in order.
 
@@ -320,7 +339,8 @@ class Embedder:
         next chunk while the network runs on the current one. ``on_progress(1)`` is called once
         per input, as soon as it is done. With ``collect_errors``, an input that cannot be
         decoded yields its ``AudioError`` in its place and the others are still embedded;
-        otherwise the first such error is raised.
+        otherwise the first such error is raised. ``prepare(clip)`` (e.g. VAD trimming) runs
+        on the decoding thread, after decoding.
         """
         items = list(sources)
         chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
@@ -332,7 +352,8 @@ class Embedder:
             out: list[AudioClip | AudioError] = []
             for s in part:
                 try:
-                    out.append(s if isinstance(s, AudioClip) else load_audio(s))
+                    clip = s if isinstance(s, AudioClip) else load_audio(s)
+                    out.append(prepare(clip) if prepare else clip)
                 except AudioError as exc:
                     if not collect_errors:
                         raise

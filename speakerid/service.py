@@ -68,6 +68,7 @@ class SpeakerID:
         download_progress: Callable[[int, int | None], None] | None = None,
         backend: str | None = None,
         on_prepare: Callable[[str], Any] | None = None,
+        precision: str | None = None,
     ) -> None:
         self._index_kind = index_kind or config.default_index_kind()
         #: Where the registry lives (a SQLite file or a PostgreSQL URL); ``path`` is the file.
@@ -81,6 +82,7 @@ class SpeakerID:
         #: ``auto`` (default: ONNX Runtime on CPU, PyTorch on CUDA), ``torch`` or ``onnx``
         self._backend = config.check_backend(backend) if backend else None
         self._on_prepare = on_prepare  # shown while a model is exported for ONNX Runtime
+        self._precision = config.check_precision(precision) if precision else None
         self._embedder = None
         self._detached = False
 
@@ -148,6 +150,7 @@ class SpeakerID:
                     progress=self._download_progress,
                     backend=self._backend,
                     on_prepare=self._on_prepare,
+                    precision=self._precision,
                 )
             except ModelError as exc:
                 if binding is None or requested:

@@ -193,3 +193,29 @@ def test_torch_free_fbank_equals_torchaudio_on_real_speech():
         assert fbank_numpy(w).shape == (frames, 80)
         if frames:
             assert float(np.abs(fbank_numpy(w) - fbank(w).numpy()).max()) < 1e-3
+
+
+def test_int8_precision_is_opt_in_cached_and_close_to_fp32(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
+    fp32 = Embedder(tiny_ckpt)
+    assert fp32.precision == "fp32"
+    int8 = Embedder(tiny_ckpt, precision="int8")
+    assert (int8.backend, int8.precision, int8.name) == ("onnx", "int8", "tiny")
+    assert onnx_backend.cache_path(int8.sha256, "int8").is_file()
+    clips = [load_audio(wav_bytes(real_speech(i))) for i in range(3)]
+    a, b = fp32.embed_many(clips), int8.embed_many(clips)
+    cos = [float(x.vector @ y.vector) for x, y in zip(a, b)]
+    assert all(0.99 < c < 0.99999 for c in cos), cos  # close, and really quantized
+    with pytest.raises(errors.DeviceError, match="precision int8 runs on the onnx backend"):
+        Embedder(tiny_ckpt, precision="int8", backend="torch")
+    monkeypatch.setenv("SPEAKERID_PRECISION", "int4")
+    with pytest.raises(errors.InvalidInputError, match=r"\$SPEAKERID_PRECISION='int4': use"):
+        Embedder(tiny_ckpt)
+    monkeypatch.delenv("SPEAKERID_PRECISION")
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(wav_bytes(real_speech(0)))
+    res = runner.invoke(
+        app, ["embed", str(wav), "--model", str(tiny_ckpt), "--json", "--precision", "int8"]
+    )
+    assert res.exit_code == 0, res.output
+    assert np.allclose(json.loads(res.stdout)[0]["embedding"], b[0].vector, atol=1e-6)

@@ -36,6 +36,14 @@ BackendOpt = Annotated[
         "(default: $SPEAKERID_BACKEND, else auto).",
     ),
 ]
+PrecisionOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--precision",
+        help="fp32 (default, exact) or int8 (ONNX Runtime with quantized convolutions: faster "
+        "on CPU, scores shift slightly; default: $SPEAKERID_PRECISION, else fp32).",
+    ),
+]
 DbOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -64,6 +72,7 @@ def open_service(
     threshold: float | None = None,
     json_mode: bool = True,
     backend: str | None = None,
+    precision: str | None = None,
 ):
     """The library facade for a command; the model is only loaded if the command embeds."""
     from ..service import SpeakerID
@@ -76,6 +85,7 @@ def open_service(
         download_progress=download_progress(show_progress(json_mode)),
         backend=backend,
         on_prepare=prepare_status(show_progress(json_mode)),
+        precision=precision,
     )
 
 

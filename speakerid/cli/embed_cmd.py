@@ -12,6 +12,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     download_progress,
     emit_json,
     handle_errors,
@@ -38,6 +39,7 @@ def embed(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Save one <name>.npy per file here.")
     ] = None,
@@ -47,7 +49,7 @@ def embed(
     import numpy as np
 
     from ..audio import load_audio
-    from ..config import check_backend
+    from ..config import check_backend, check_precision
     from ..embedder import Embedder
 
     bars = show_progress(json_out)
@@ -58,6 +60,7 @@ def embed(
         progress=download_progress(bars),
         backend=check_backend(backend) if backend else None,
         on_prepare=prepare_status(bars),
+        precision=check_precision(precision) if precision else None,
     )
     with progress_bar("embedding", len(clips), bars) as advance:
         results = embedder.embed_many(clips, on_progress=advance)

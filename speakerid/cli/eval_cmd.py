@@ -15,6 +15,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
@@ -180,10 +181,13 @@ def evaluate(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """EER, minDCF, thresholds at 1%/0.1% FAR, identification accuracy, open-set FAR."""
-    with open_service(db, model, device, json_mode=json_out, backend=backend) as sid:
+    with open_service(
+        db, model, device, json_mode=json_out, backend=backend, precision=precision
+    ) as sid:
         rep = _run(
             sid,
             source,
@@ -234,6 +238,7 @@ def calibrate(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recommend the threshold that keeps false accepts at --target-far on your data."""
@@ -244,7 +249,9 @@ def calibrate(
         raise InvalidInputError("--target-far must be between 0 and 1")
     if asnorm and cohort is None:
         raise InvalidInputError("--asnorm needs --cohort DIR (audio of speakers not under test)")
-    with open_service(db, model, device, json_mode=json_out, backend=backend) as sid:
+    with open_service(
+        db, model, device, json_mode=json_out, backend=backend, precision=precision
+    ) as sid:
         rep = _run(
             sid,
             source,

@@ -24,6 +24,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
@@ -90,11 +91,14 @@ def enroll(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll a speaker from one or more recordings (all-or-nothing)."""
     with (
-        open_service(db, model, device, json_mode=json_out, backend=backend) as sid,
+        open_service(
+            db, model, device, json_mode=json_out, backend=backend, precision=precision
+        ) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
     ):
         res = sid.enroll(
@@ -135,6 +139,7 @@ def enroll_dir(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll every sub-folder of DIRECTORY as a speaker, in one transaction.
@@ -142,7 +147,9 @@ def enroll_dir(
     Same checks as enroll; files already enrolled are skipped without being embedded again."""
     total = sum(1 for _ in directory.rglob("*") if _.is_file()) if directory.is_dir() else 0
     with (
-        open_service(db, model, device, json_mode=json_out, backend=backend) as sid,
+        open_service(
+            db, model, device, json_mode=json_out, backend=backend, precision=precision
+        ) as sid,
         progress_bar("embedding", total, show_progress(json_out)) as advance,
     ):
         results, errors = sid.enroll_dir(
@@ -180,6 +187,7 @@ def identify(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Who is speaking? Open-set: below the threshold, or without speech, 'unknown'.
@@ -188,7 +196,9 @@ def identify(
     """
     sources = _inputs(files)
     with (
-        open_service(db, model, device, json_mode=json_out, backend=backend) as sid,
+        open_service(
+            db, model, device, json_mode=json_out, backend=backend, precision=precision
+        ) as sid,
         progress_bar("identifying", len(sources), show_progress(json_out)) as advance,
     ):
         results = sid.identify_many(
@@ -231,6 +241,7 @@ def verify(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error.
@@ -241,7 +252,9 @@ def verify(
     single = len(files) == 1 and not files[0].is_dir()
     sources = _inputs(files)
     with (
-        open_service(db, model, device, json_mode=json_out, backend=backend) as sid,
+        open_service(
+            db, model, device, json_mode=json_out, backend=backend, precision=precision
+        ) as sid,
         progress_bar("verifying", len(sources), show_progress(json_out) and not single) as adv,
     ):
         results = sid.verify_many(
@@ -285,10 +298,13 @@ def compare(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1."""
-    with open_service(db, model, device, json_mode=json_out, backend=backend) as sid:
+    with open_service(
+        db, model, device, json_mode=json_out, backend=backend, precision=precision
+    ) as sid:
         r = sid.compare(file1, file2, threshold=threshold, min_speech=min_speech)
     if json_out:
         emit_json(r.to_dict())
