@@ -4,7 +4,8 @@ Each command runs as a fresh process (what a user or a shell script pays), ``--r
 the median is reported. Baselines: a bare ``python -c pass`` and ``import torch, torchaudio``
 (the floor any PyTorch tool pays before it can embed anything). Registry commands (``list``,
 ``show``, ``info``, ``remove``) must not import torch, so they should sit near the Python floor;
-``verify`` pays for torch, the model load and one 3 s utterance.
+``verify`` pays for the model load and one 3 s utterance: by default (ONNX Runtime, cached
+export) without torch, and with ``SPEAKERID_BACKEND=torch`` with it, for comparison.
 
     python bench/cli.py              # test-asset model (../shared), 5 repeats
 """
@@ -73,11 +74,32 @@ def main() -> int:
             ("speakerid remove nobody --yes", [*sid, "remove", "nobody", "--yes"], (2,)),
             # exit 0 accepted / 1 rejected, both are answers
             ("speakerid verify alice 3s.wav", [*sid, "verify", "alice", claim], (0, 1)),
+            (
+                "SPEAKERID_BACKEND=torch speakerid verify ...",
+                [*sid, "verify", "alice", claim],
+                (0, 1),
+            ),
         ]
+        print(f"load average {os.getloadavg()[0]:.2f}")
         print(f"{'command':48s} {'median s':>9s} {'min s':>7s}")
+        medians = {}
         for label, cmd, ok in cases:
-            med, best = timed(cmd, env, args.repeat, ok)
+            run_env = dict(env, SPEAKERID_BACKEND="torch") if label.startswith("SPEAKERID") else env
+            med, best = timed(cmd, run_env, args.repeat, ok)
+            medians[label] = med
             print(f"{label:48s} {med:9.3f} {best:7.3f}")
+        ratio = medians["speakerid verify alice 3s.wav"] / medians[cases[1][0]]
+        print(f"verify / import torch, torchaudio: {ratio:.2f} (goal: below 0.5)")
+        probe = (
+            f"import sys, runpy; sys.argv = ['speakerid', 'verify', 'alice', {claim!r}]\n"
+            "try:\n    runpy.run_module('speakerid', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True
+        ).stdout
+        print("torch imported by `speakerid verify`:", "yes" if "TORCH True" in out else "no")
         imports = subprocess.run(
             [sys.executable, "-X", "importtime", "-c", "import speakerid.cli"],
             env=env,

@@ -2,10 +2,11 @@
 
 Reference (3D-Speaker's inference loop): for each file, decode → int16/32768 → Kaldi fbank
 (dither 0) minus its mean → model with batch 1 in fp32 under ``torch.no_grad`` → numpy.
-speakerid: ``Embedder.embed_many`` on the same in-memory files (length-bucketed padded batches
-with exact masking, ``torch.inference_mode``; on CPU batch 1 with folded BatchNorm, oneDNN 1x1
-convolutions and channels_last).
-onnx: the same with ``backend="onnx"`` (ONNX Runtime; CPU, when onnxruntime is installed).
+default: ``Embedder.embed_many`` on the same in-memory files with no backend chosen, i.e. what
+every command runs (on CPU: ONNX Runtime on the exported network, numpy fbank, no torch).
+torch: the same with ``backend="torch"`` (PyTorch; on CPU batch 1 with folded BatchNorm, oneDNN
+1x1 convolutions and channels_last; on CUDA length-bucketed padded batches with exact masking).
+int8: the default path with ``precision="int8"`` (opt-in: quantized convolutions, CPU only).
 
 Each (model, data, path) runs in its own subprocess so peak memory (max RSS) is per path.
 Reported: utterances/s, real-time factor (compute seconds per audio second), peak RSS, and the
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -86,8 +86,9 @@ def worker(args) -> None:
     (kind,) = args.data  # the parent passes one data set per worker
     files = dataset(kind, args.files)
     seconds = sum(len(f) - 44 for f in files) / 32000 if kind == "synthetic" else None
-    backend = "onnx" if args.path == "onnx" else "torch"
-    emb = Embedder(args.model_path, device=args.device, backend=backend)  # exports if onnx
+    backend = None if args.path in ("default", "int8") else "torch"  # reference: only a device
+    precision = "int8" if args.path == "int8" else None
+    emb = Embedder(args.model_path, device=args.device, backend=backend, precision=precision)
     if args.path == "reference":
         from speakerid.weights import load_model
 
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=60)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", nargs="+", default=["real", "synthetic"])
+    ap.add_argument("--models", nargs="+", default=["common", "asset"], help="common, asset")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -137,19 +139,20 @@ def main() -> None:
     torch.manual_seed(0)
     common = tmp / "eres2netv2-common-random.pt"
     torch.save(ERes2NetV2().state_dict(), common)
-    models = {"common (full width, random)": common}
-    if ASSET.is_file():
+    models = {}
+    if "common" in args.models:
+        models["common (full width, random)"] = common
+    if "asset" in args.models and ASSET.is_file():
         models["test asset m32"] = ASSET
     print(
         f"device {args.device}, {args.files} files per set, torch threads {torch.get_num_threads()}"
+        f", load average {os.getloadavg()[0]:.2f}"
     )
     print(
         f"{'model':<28} {'data':<9} {'path':<10} {'utt/s':>7} {'RTF':>7} {'peak MB':>8} "
         f"{'speedup':>7} {'min cos':>9}"
     )
-    paths = ["reference", "speakerid"]
-    if args.device == "cpu" and importlib.util.find_spec("onnxruntime"):
-        paths.append("onnx")  # speakerid with SPEAKERID_BACKEND=onnx (ONNX Runtime)
+    paths = ["reference", "default", "torch"] + (["int8"] if args.device == "cpu" else [])
     for label, path in models.items():
         for data in args.data:
             res = {}

@@ -7,8 +7,9 @@ is imported only when libsndfile cannot read the data.
 Rules (documented in the README), the same for both decoders:
 - integer PCM is scaled by its full-scale value (int16 / 32768), exactly as the official pipeline;
 - multi-channel audio is downmixed by averaging the channels (no channel selection);
-- any other sample rate is resampled to 16 kHz with ``torchaudio.functional.resample``
-  (windowed sinc, the torchaudio default);
+- any other sample rate is resampled to 16 kHz with torchaudio's default resampler (windowed
+  sinc, ``torchaudio.functional.resample``), restated in numpy (``speakerid.resample``) so that
+  loading audio never imports torch;
 - audio shorter than ``MIN_SECONDS``, empty, containing NaN/inf, or all-silent (peak below
   ``SILENCE_PEAK``, i.e. -80 dBFS) is refused with a typed error.
 """
@@ -206,11 +207,9 @@ def _downmix(samples: np.ndarray) -> np.ndarray:
 def _resample(mono: np.ndarray, rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE:
         return mono
-    import torch
-    import torchaudio.functional as AF
+    from .resample import resample
 
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, SAMPLE_RATE)
-    return out.numpy().astype(np.float32, copy=False)
+    return resample(mono, rate, SAMPLE_RATE)
 
 
 def validate(samples: np.ndarray, name: str, min_seconds: float = MIN_SECONDS) -> None:

@@ -26,7 +26,13 @@ ENV_BACKEND = "SPEAKERID_BACKEND"
 ENV_SERVER = "SPEAKERID_SERVER"
 ENV_KEY = "SPEAKERID_KEY"
 ENV_THREADS = "SPEAKERID_THREADS"
-BACKENDS = ("torch", "onnx")
+ENV_CACHE = "SPEAKERID_CACHE"
+ENV_PRECISION = "SPEAKERID_PRECISION"
+#: ``int8``: the ONNX Runtime network with dynamically quantized convolutions (opt-in: faster
+#: on CPU, embeddings within cosine ~0.998 of fp32; docs/performance.md).
+PRECISIONS = ("fp32", "int8")
+#: ``auto``: the fastest exact backend available (ONNX Runtime on CPU, PyTorch on CUDA).
+BACKENDS = ("auto", "torch", "onnx")
 INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
 #: Most compute threads the automatic choice uses (more rarely pays for one utterance at a time).
 MAX_AUTO_THREADS = 4
@@ -47,6 +53,14 @@ def home_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "speakerid"
+
+
+def cache_dir() -> Path:
+    """Files derived from models (ONNX exports): ``$SPEAKERID_CACHE``, else the home.
+
+    Keyed by checkpoint sha256, so one cache can serve many homes (tests share one)."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else home_dir()
 
 
 def models_dir() -> Path:
@@ -84,9 +98,24 @@ def default_device() -> str:
 
 
 def default_backend() -> str:
-    """``$SPEAKERID_BACKEND``: ``torch`` (default) or ``onnx`` (ONNX Runtime, CPU only)."""
-    name = os.environ.get(ENV_BACKEND) or "torch"
+    """``$SPEAKERID_BACKEND``: ``auto`` (default: ONNX Runtime on CPU, PyTorch on CUDA),
+    ``torch`` or ``onnx`` (ONNX Runtime, CPU only)."""
+    name = os.environ.get(ENV_BACKEND) or "auto"
     return check_backend(name, f"${ENV_BACKEND}={name!r}")
+
+
+def default_precision() -> str:
+    """``$SPEAKERID_PRECISION``: ``fp32`` (default, exact) or ``int8`` (ONNX Runtime, CPU)."""
+    name = os.environ.get(ENV_PRECISION) or "fp32"
+    return check_precision(name, f"${ENV_PRECISION}={name!r}")
+
+
+def check_precision(name: str, label: str | None = None) -> str:
+    """``name`` if it is a known precision, else a one-line error."""
+    if name not in PRECISIONS:
+        where = label or f"unknown precision {name!r}"
+        raise InvalidInputError(f"{where}: use one of {', '.join(PRECISIONS)}")
+    return name
 
 
 def check_backend(name: str, label: str | None = None) -> str:

@@ -18,29 +18,37 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from . import weights
 from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
 from .config import (
     check_backend,
+    check_precision,
     default_backend,
     default_device,
     default_model,
+    default_precision,
     default_threads,
     parse_threads,
 )
-from .errors import AudioError, DeviceError
-from .features import fbank, fbank_batch
-from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
+from .errors import AudioError, DeviceError, OnnxUnavailableError
+from .features import fbank_numpy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .onnx_backend import Prepare
 
 log = logging.getLogger("speakerid")
 
 MAX_SEGMENT_SECONDS = 60.0
 #: Longest padding (as a fraction of the shortest item) accepted inside one batch.
 MAX_PADDING = 0.15
+#: A feature matrix: numpy for the ONNX Runtime backend, a tensor for PyTorch.
+Features = Any
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    import torch
+
     name = (device or default_device()).lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -85,7 +95,9 @@ def apply_threads(threads: int | None = None) -> int:
     each other at every operator, which is why their count and spinning matter when the CPU is
     shared (docs/performance.md, "Threads").
     """
-    n = default_threads() if threads is None else parse_threads(threads)
+    import torch
+
+    n = resolve_threads(threads)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     if torch.get_num_interop_threads() != n:
@@ -95,6 +107,35 @@ def apply_threads(threads: int | None = None) -> int:
             log.debug("torch inter-op threads stay at %d", torch.get_num_interop_threads())
     log.debug("torch threads: %d intra-op, %d inter-op", n, torch.get_num_interop_threads())
     return n
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """The compute thread count (``None``: ``$SPEAKERID_THREADS`` or the automatic choice);
+    no torch import, so the ONNX Runtime path stays torch-free."""
+    return default_threads() if threads is None else parse_threads(threads)
+
+
+def device_name(device: str | None) -> str:
+    """The device as a string (``cpu``, ``cuda:0``...); torch is imported only for others."""
+    name = (device or default_device()).lower()
+    return name if name == "cpu" else str(resolve_device(name))
+
+
+def choose_backend(requested: str, on_cpu: bool) -> str:
+    """``torch`` or ``onnx`` for a requested backend (``auto``: ONNX Runtime on CPU when
+    onnxruntime is installed, else PyTorch). An explicit ``onnx`` off the CPU is an error."""
+    if requested == "onnx" and not on_cpu:
+        raise DeviceError("the onnx backend runs on CPU only (use --device cpu)")
+    if requested != "auto":
+        return requested
+    if not on_cpu:
+        return "torch"  # CUDA: PyTorch (batched, on the device)
+    from .onnx_backend import runtime_available
+
+    if runtime_available():
+        return "onnx"
+    log.warning("onnxruntime is not installed: using the slower PyTorch backend")
+    return "torch"
 
 
 def segments(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[np.ndarray]:
@@ -118,59 +159,117 @@ class Embedder:
         fast_cpu: bool = True,
         backend: str | None = None,
         threads: int | None = None,
+        on_prepare: Prepare | None = None,
+        precision: str | None = None,
     ) -> None:
-        self.threads = apply_threads(threads)  # before any torch work, loading included
+        self.threads = resolve_threads(threads)
         resolved = weights.resolve(model or default_model(), progress=progress)
         self.name = resolved.name
         self.path = resolved.path
         self.sha256 = resolved.sha256
         #: What a registry stores to load this model again (a name or an absolute path).
         self.ref = resolved.ref
-        self.device = resolve_device(device)
-        self.model = weights.load_model(resolved.path).to(self.device)
-        self.config = self.model.config
-        self.dim = self.config.embedding_size
+        self._device = device_name(device)
         # Measured on 2 CPU cores (bench/embed.py, docs/performance.md): padded batches are ~2x
         # slower per utterance than batch 1 (activations fall out of cache), channels_last is
         # ~1.25x faster, and 1x1 convolutions through oneDNN plus folded BatchNorm another
         # ~1.4x; on CUDA, batching is what pays.
-        on_cpu = self.device.type == "cpu"
+        on_cpu = self._device == "cpu"
         self.batch_size = batch_size or (1 if on_cpu else 32)
         # fbank of a whole chunk as one job on the device: per-utterance CPU fbank would starve
         # a batched GPU network. On CPU the batched version is ~2.5x slower (its intermediates
         # fall out of cache) and fbank is ~1 % of the network's time, so it stays per utterance.
         self.batched_fbank = not on_cpu
-        self.backend = check_backend(backend) if backend else default_backend()
+        requested = check_backend(backend) if backend else default_backend()
+        #: ``fp32`` (exact) or ``int8`` (ONNX Runtime with quantized convolutions, opt-in)
+        self.precision = check_precision(precision) if precision else default_precision()
+        if self.precision != "fp32":
+            requested = "onnx" if requested == "auto" and on_cpu else requested
+            if requested != "onnx":
+                raise DeviceError(f"precision {self.precision} runs on the onnx backend only (CPU)")
+        self.backend = choose_backend(requested, on_cpu)
+        self._model = None
         self._onnx = None
         if self.backend == "onnx":
-            if not on_cpu:
-                raise DeviceError("the onnx backend runs on CPU only (use --device cpu)")
-            from .onnx_backend import load_or_export
+            # same weights, same embeddings: the registry's model identity does not change.
+            # A cached export loads without torch; otherwise it is exported now (once).
+            self._onnx = self._load_onnx(requested == "auto", on_prepare)
+        if self.backend == "torch":
+            import torch
 
-            # same weights, same embeddings: the registry's model identity does not change
-            self._onnx = load_or_export(self.model, self.sha256, threads=self.threads)
-        elif on_cpu and fast_cpu:
-            self.model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
-            use_onednn_pointwise(self.model)
+            from .models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
 
-    @torch.inference_mode()
-    def _forward(self, feats: list[torch.Tensor]) -> np.ndarray:
+            apply_threads(self.threads)  # before any torch work, loading included
+
+            net = weights.load_model(resolved.path).to(self.device)
+            if on_cpu and fast_cpu:
+                net = fold_batchnorm(net).to(memory_format=torch.channels_last)
+                use_onednn_pointwise(net)
+            self._model = net
+            self.dim = net.config.embedding_size
+        else:
+            self.dim = self._onnx.dim
+
+    def _load_onnx(self, auto: bool, on_prepare: Prepare | None):
+        """The ONNX Runtime network; with ``auto``, PyTorch (one log line) if it cannot be
+        exported here (the ``onnx`` package missing, a cache folder that cannot be written)."""
+        from .onnx_backend import load_or_export
+
+        try:
+            return load_or_export(
+                lambda: weights.load_model(self.path),
+                self.sha256,
+                on_prepare,
+                self.name,
+                threads=self.threads,
+                precision=self.precision,
+            )
+        except (OnnxUnavailableError, OSError) as exc:
+            if not auto:
+                raise
+            log.warning("cannot export to ONNX (%s): using the slower PyTorch backend", exc)
+            self.backend = "torch"
+            return None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs (a ``torch.device``; importing torch on first use)."""
+        import torch
+
+        return torch.device(self._device)
+
+    @property
+    def model(self):
+        """The PyTorch module: the one that runs (PyTorch backend), or the checkpoint loaded
+        on demand (ONNX Runtime backend, which never needs it once exported)."""
+        if self._model is None:
+            self._model = weights.load_model(self.path)
+        return self._model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _forward(self, feats: list[Features]) -> np.ndarray:
         lengths = [f.shape[0] for f in feats]
         if self._onnx is not None:  # the exported graph has no length mask: equal lengths only
             if len(set(lengths)) == 1:
-                return self._onnx(torch.stack(feats))
-            return np.concatenate([self._onnx(f.unsqueeze(0)) for f in feats])
-        if len(set(lengths)) == 1:
-            return self.model(torch.stack(feats).to(self.device)).float().cpu().numpy()
-        batch = torch.zeros(len(feats), max(lengths), feats[0].shape[1], device=feats[0].device)
-        for i, f in enumerate(feats):
-            batch[i, : f.shape[0]] = f
-        lens = torch.tensor(lengths, device=self.device)
-        return self.model(batch.to(self.device), lens).float().cpu().numpy()
+                return self._onnx(np.stack(feats))
+            return np.concatenate([self._onnx(f[None]) for f in feats])
+        import torch
+
+        with torch.inference_mode():
+            if len(set(lengths)) == 1:
+                return self.model(torch.stack(feats).to(self.device)).float().cpu().numpy()
+            batch = torch.zeros(len(feats), max(lengths), feats[0].shape[1], device=feats[0].device)
+            for i, f in enumerate(feats):
+                batch[i, : f.shape[0]] = f
+            lens = torch.tensor(lengths, device=self.device)
+            return self.model(batch.to(self.device), lens).float().cpu().numpy()
 
     def embed_features(
         self,
-        feats: Sequence[torch.Tensor],
+        feats: Sequence[Features],
         batch_size: int | None = None,
         on_batch: Callable[[list[int]], None] | None = None,
     ) -> np.ndarray:
@@ -202,7 +301,7 @@ class Embedder:
         flush()
         return out
 
-    def _features(self, clips: Sequence[AudioClip]) -> tuple[list[torch.Tensor], np.ndarray]:
+    def _features(self, clips: Sequence[AudioClip]) -> tuple[list[Features], np.ndarray]:
         """fbank of every segment of every clip, and which clip each segment belongs to."""
         waves: list[np.ndarray] = []
         owner: list[int] = []
@@ -210,16 +309,22 @@ class Embedder:
             for seg in segments(clip.samples):
                 waves.append(seg)
                 owner.append(i)
-        if self.batched_fbank:
+        if self._onnx is not None:  # numpy: no torch on this path
+            pieces = [fbank_numpy(w) for w in waves]
+        elif self.batched_fbank:
+            from .features import fbank_batch
+
             pieces = fbank_batch(waves, self.device)
         else:
+            from .features import fbank
+
             pieces = [fbank(w) for w in waves]
         return pieces, np.asarray(owner)
 
     def _finish(
         self,
         clips: Sequence[AudioClip],
-        pieces: list[torch.Tensor],
+        pieces: list[Features],
         owner: np.ndarray,
         batch_size: int | None,
         on_progress: Callable[[int], None] | None = None,
@@ -261,6 +366,7 @@ class Embedder:
         chunk: int = 64,
         on_progress: Callable[[int], None] | None = None,
         collect_errors: bool = False,
+        prepare: Callable[[AudioClip], AudioClip] | None = None,
     ) -> list[Embedding | AudioError]:
         """Embeddings of many inputs in order.
 
@@ -268,7 +374,8 @@ class Embedder:
         next chunk while the network runs on the current one. ``on_progress(1)`` is called once
         per input, as soon as it is done. With ``collect_errors``, an input that cannot be
         decoded yields its ``AudioError`` in its place and the others are still embedded;
-        otherwise the first such error is raised.
+        otherwise the first such error is raised. ``prepare(clip)`` (e.g. VAD trimming) runs
+        on the decoding thread, after decoding.
         """
         items = list(sources)
         chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
@@ -280,7 +387,8 @@ class Embedder:
             out: list[AudioClip | AudioError] = []
             for s in part:
                 try:
-                    out.append(s if isinstance(s, AudioClip) else load_audio(s))
+                    clip = s if isinstance(s, AudioClip) else load_audio(s)
+                    out.append(prepare(clip) if prepare else clip)
                 except AudioError as exc:
                     if not collect_errors:
                         raise

@@ -51,11 +51,11 @@ class EmbeddingCache:
         self.embedder, self.vad, self.max_seconds = embedder, vad, max_seconds
         self.vectors: dict[Path, np.ndarray] = {}
 
-    def _clip(self, path: Path):
-        from .audio import AudioClip, load_audio
+    def _prepare(self, clip):
+        """VAD trimming / cropping of one decoded clip (runs on the decoding thread)."""
+        from .audio import AudioClip
         from .quality import trim_silence
 
-        clip = load_audio(path)
         samples = clip.samples
         if self.vad:
             samples = trim_silence(samples)
@@ -71,14 +71,14 @@ class EmbeddingCache:
         on_progress: Callable[[int], None] | None = None,
         chunk: int = 64,
     ) -> None:
+        """Embed what is not cached yet through ``Embedder.embed_many``, the path every
+        command takes (decoding and trimming on a background thread, overlapped with the
+        network; it used to decode serially and call ``embed_clips`` chunk by chunk)."""
         todo = [p for p in dict.fromkeys(paths) if p not in self.vectors]
-        for i in range(0, len(todo), chunk):
-            part = todo[i : i + chunk]
-            embs = self.embedder.embed_clips([self._clip(p) for p in part])
-            for p, e in zip(part, embs):
-                self.vectors[p] = e.vector
-            if on_progress:
-                on_progress(len(part))
+        prepare = self._prepare if self.vad or self.max_seconds else None
+        embs = self.embedder.embed_many(todo, chunk=chunk, on_progress=on_progress, prepare=prepare)
+        for p, e in zip(todo, embs):
+            self.vectors[p] = e.vector
 
     def matrix(self, paths: Sequence[Path]) -> np.ndarray:
         return np.stack([self.vectors[p] for p in paths])

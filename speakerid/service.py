@@ -66,6 +66,9 @@ class SpeakerID:
         device: str | None = None,
         index_kind: str | None = None,
         download_progress: Callable[[int, int | None], None] | None = None,
+        backend: str | None = None,
+        on_prepare: Callable[[str], Any] | None = None,
+        precision: str | None = None,
     ) -> None:
         self._index_kind = index_kind or config.default_index_kind()
         #: Where the registry lives (a SQLite file or a PostgreSQL URL); ``path`` is the file.
@@ -76,6 +79,10 @@ class SpeakerID:
         self._threshold = None if threshold is None else config.parse_threshold(threshold)
         self._device = device
         self._download_progress = download_progress
+        #: ``auto`` (default: ONNX Runtime on CPU, PyTorch on CUDA), ``torch`` or ``onnx``
+        self._backend = config.check_backend(backend) if backend else None
+        self._on_prepare = on_prepare  # shown while a model is exported for ONNX Runtime
+        self._precision = config.check_precision(precision) if precision else None
         self._embedder = None
         self._detached = False
 
@@ -137,7 +144,14 @@ class SpeakerID:
             requested = config.requested_model(self._model)
             ref = requested or (binding.model_ref if binding else config.DEFAULT_MODEL)
             try:
-                emb = Embedder(ref, device=self._device, progress=self._download_progress)
+                emb = Embedder(
+                    ref,
+                    device=self._device,
+                    progress=self._download_progress,
+                    backend=self._backend,
+                    on_prepare=self._on_prepare,
+                    precision=self._precision,
+                )
             except ModelError as exc:
                 if binding is None or requested:
                     raise

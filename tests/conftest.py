@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,24 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Iterator[Path]:
+    """One cache of ONNX exports (SPEAKERID_CACHE) for the whole run, module fixtures
+    included: exports are keyed by checkpoint sha256, so each model is exported once per run
+    instead of once per test (every test has its own SPEAKERID_HOME)."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEAKERID_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory, monkeypatch):
+def isolated_home(tmp_path_factory, monkeypatch, onnx_cache):
     """Every test gets its own SPEAKERID_HOME and can never reach the network."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("SPEAKERID_HOME", str(home))
+    monkeypatch.setenv("SPEAKERID_CACHE", str(onnx_cache))
+    monkeypatch.delenv("SPEAKERID_BACKEND", raising=False)
     monkeypatch.setenv("SPEAKERID_OFFLINE", "1")
     monkeypatch.delenv("SPEAKERID_MODEL", raising=False)
     monkeypatch.delenv("SPEAKERID_DB", raising=False)

@@ -73,6 +73,7 @@ def _rows(db):
 def _speakerid(cwd, *args, pythonpath=()):
     """``python -m speakerid`` in a fresh process: offline, clean SPEAKERID_HOME."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
+    env["SPEAKERID_CACHE"] = os.environ["SPEAKERID_CACHE"]  # ONNX exports: once per run
     home = cwd / "fresh-home"
     env.update(
         SPEAKERID_HOME=str(home),

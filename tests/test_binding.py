@@ -27,6 +27,7 @@ B1, B2 = sorted((CLIPS / "so0044").glob("*.opus"))[:2]
 def run(cwd: Path, *args, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m speakerid ARGS`` in a fresh process with only the given speakerid vars."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
+    base["SPEAKERID_CACHE"] = os.environ["SPEAKERID_CACHE"]  # ONNX exports: once per run
     base.update({"SPEAKERID_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "speakerid", *map(str, args)],
@@ -203,6 +204,7 @@ def test_demo_prints_commands_that_work_as_printed(tmp_path):
     commands = [ln.strip() for ln in lines[start + 1 :] if ln.strip()]
     assert len(commands) == 3 and "--model demo" in commands[0]
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
+    base["SPEAKERID_CACHE"] = os.environ["SPEAKERID_CACHE"]  # ONNX exports: once per run
     base.update(env, SPEAKERID_OFFLINE="1", OMP_NUM_THREADS="1")
     outputs = []
     for cmd in commands * 2:  # and again: the printed commands are safe to re-run

@@ -13,9 +13,9 @@ from speakerid.embedder import MAX_SEGMENT_SECONDS, Embedder, segments
 from .conftest import speechlike, wav_bytes
 
 
-@pytest.fixture(scope="module")
-def embedder(tiny_ckpt):
-    return Embedder(tiny_ckpt)
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def embedder(tiny_ckpt, request):
+    return Embedder(tiny_ckpt, backend=request.param)
 
 
 def test_embeddings_are_unit_float32_and_carry_model_name(embedder):
@@ -144,8 +144,8 @@ def test_batched_fbank_equals_the_official_per_utterance_fbank():
 def test_batched_fbank_path_gives_the_same_embeddings(tiny_ckpt):
     """The GPU path (fbank of a whole chunk as one device job), exercised on CPU."""
     clips = [load_audio(wav_bytes(speechlike(s, seed=i))) for i, s in enumerate([1.0, 2.5, 1.7])]
-    plain = Embedder(tiny_ckpt)
-    batched = Embedder(tiny_ckpt)
+    plain = Embedder(tiny_ckpt, backend="torch")
+    batched = Embedder(tiny_ckpt, backend="torch")
     batched.batched_fbank = True
     assert plain.batched_fbank is False  # CPU default: per utterance
     for a, b in zip(plain.embed_many(clips), batched.embed_many(clips, batch_size=3)):

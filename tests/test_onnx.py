@@ -24,7 +24,7 @@ def _clips():
 
 
 def test_onnx_backend_gives_the_torch_embeddings_and_caches_its_export(tiny_ckpt):
-    torch_emb = Embedder(tiny_ckpt)
+    torch_emb = Embedder(tiny_ckpt, backend="torch")
     onnx_emb = Embedder(tiny_ckpt, backend="onnx")
     cached = onnx_backend.cache_path(onnx_emb.sha256)
     assert onnx_emb.backend == "onnx" and cached.is_file()
@@ -37,7 +37,8 @@ def test_onnx_backend_gives_the_torch_embeddings_and_caches_its_export(tiny_ckpt
     assert cached.stat().st_mtime_ns == stamp
 
 
-def test_a_corrupt_cached_export_is_rebuilt(tiny_ckpt):
+def test_a_corrupt_cached_export_is_rebuilt(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))  # not the shared one
     first = Embedder(tiny_ckpt, backend="onnx")
     path = onnx_backend.cache_path(first.sha256)
     path.write_bytes(b"not an onnx file")
@@ -83,6 +84,7 @@ def test_registry_enrolled_with_torch_identifies_with_onnx(tiny_ckpt, tmp_path, 
         files.append(tmp_path / f"a{i}.wav")
         files[-1].write_bytes(wav_bytes(real_speech(i)))  # real speech: passes the gates
     base = ["--db", str(db), "--json"]
+    monkeypatch.setenv("SPEAKERID_BACKEND", "torch")
     res = runner.invoke(app, ["enroll", "alice", str(files[0]), "--model", str(tiny_ckpt), *base])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["enroll", "bob", str(files[1]), *base])

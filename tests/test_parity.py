@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from speakerid.audio import load_audio
 from speakerid.cli import app
-from speakerid.features import fbank
+from speakerid.features import fbank, fbank_numpy
 from speakerid.models.eres2netv2 import (
     ERes2NetV2,
     ERes2NetV2Config,
@@ -67,10 +67,13 @@ def test_config_inference_recovers_fixture_configs(reference):
     assert (cfg.feat_dim, cfg.embedding_size, cfg.num_blocks) == (80, 192, (3, 4, 6, 3))
 
 
-def test_fbank_matches_official(reference):
+@pytest.mark.parametrize("front_end", [fbank, fbank_numpy], ids=["torchaudio", "numpy"])
+def test_fbank_matches_official(reference, front_end):
+    """Both front ends: torchaudio's (PyTorch backend) and the torch-free numpy one (ONNX
+    Runtime backend) reproduce the official fbank goldens."""
     for wav, want in zip(reference["wavs"], reference["fbank"]):
-        got = fbank(load_audio(wav).samples)
-        assert got.shape == want.shape
+        got = torch.as_tensor(front_end(load_audio(wav).samples))
+        assert got.shape == want.shape and got.dtype == torch.float32
         assert float((got - want).abs().max()) <= 1e-4
 
 
@@ -101,16 +104,21 @@ def test_embeddings_match_official_w24s4ep4_within_its_fp32_noise():
         assert 1.0 - _cos(got, want) <= 2 * noise + 1e-5
 
 
-def test_embed_api_and_cli_reproduce_fixture(tiny_reference, tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "onnx", None])
+def test_embed_api_and_cli_reproduce_fixture(tiny_reference, tiny_ckpt, tmp_path, backend):
+    """On every backend (None: the default), API and CLI give the official embeddings."""
     from speakerid.embedder import Embedder
 
     files = []
     for i, wav in enumerate(tiny_reference["wavs"]):
         files.append(tmp_path / f"in{i}.wav")
         files[-1].write_bytes(wav)
-    api = Embedder(tiny_ckpt).embed_many(files)
+    embedder = Embedder(tiny_ckpt, backend=backend)
+    assert embedder.backend == (backend or "onnx")  # the default on CPU: ONNX Runtime
+    api = embedder.embed_many(files)
+    chosen = ["--backend", backend] if backend else []
     result = CliRunner().invoke(
-        app, ["embed", *map(str, files), "--model", str(tiny_ckpt), "--json"]
+        app, ["embed", *map(str, files), "--model", str(tiny_ckpt), "--json", *chosen]
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)

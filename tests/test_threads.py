@@ -100,15 +100,17 @@ def test_cli_option_sets_the_threads_of_an_in_process_run(tiny_ckpt, monkeypatch
     import torch
 
     monkeypatch.setenv("SPEAKERID_THREADS", "1")  # restored after the test (the option sets it)
-    res = runner.invoke(app, ["embed", str(CLIP), "-m", str(tiny_ckpt), "--threads", "2"])
+    cmd = ["embed", str(CLIP), "-m", str(tiny_ckpt), "--backend", "torch", "--threads", "2"]
+    res = runner.invoke(app, cmd)
     assert res.exit_code == 0, res.output
     assert torch.get_num_threads() == 2
-    assert Embedder(tiny_ckpt, threads=1).threads == torch.get_num_threads() == 1
+    assert Embedder(tiny_ckpt, threads=1, backend="torch").threads == torch.get_num_threads() == 1
 
 
 def test_env_var_reaches_torch_in_a_fresh_process(tiny_ckpt):
     code = (
-        "import sys, torch; from speakerid.embedder import Embedder; e = Embedder(sys.argv[1]); "
+        "import sys, torch; from speakerid.embedder import Embedder; "
+        "e = Embedder(sys.argv[1], backend='torch'); "
         "print(e.threads, torch.get_num_threads(), torch.get_num_interop_threads())"
     )
     out = subprocess.run(
@@ -127,6 +129,7 @@ def test_cli_option_wins_over_the_env_var_in_a_fresh_process(tiny_ckpt, tmp_path
     shutil.copy(tiny_ckpt, tmp_path / "tiny.pt")
     env = _env(SPEAKERID_THREADS="2", SPEAKERID_HOME=str(tmp_path / "home"), SPEAKERID_LOG="DEBUG")
     cmd = [sys.executable, "-m", "speakerid", "embed", "a.opus", "-m", "tiny.pt", "--json"]
+    cmd += ["--backend", "torch"]
     out = subprocess.run(
         [*cmd, "--threads", "1"], cwd=tmp_path, env=env, capture_output=True, text=True
     )

@@ -30,6 +30,22 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     Optional[str], typer.Option("--device", help="cpu (default), cuda, cuda:N or auto.")
 ]
+BackendOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--backend",
+        help="auto (default: ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch "
+        "(default: $SPEAKERID_BACKEND, else auto).",
+    ),
+]
+PrecisionOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--precision",
+        help="fp32 (default, exact) or int8 (ONNX Runtime with quantized convolutions: faster "
+        "on CPU, scores shift slightly; default: $SPEAKERID_PRECISION, else fp32).",
+    ),
+]
 DbOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -93,6 +109,8 @@ def open_service(
     threshold: float | None = None,
     json_mode: bool = True,
     server: str | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
 ):
     """The library facade for a command; the model is only loaded if the command embeds.
 
@@ -115,6 +133,9 @@ def open_service(
         threshold=threshold,
         device=device,
         download_progress=download_progress(show_progress(json_mode)),
+        backend=backend,
+        on_prepare=prepare_status(show_progress(json_mode)),
+        precision=precision,
     )
 
 
@@ -184,6 +205,24 @@ def progress_bar(
     ) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+def prepare_status(enabled: bool) -> Callable[[str], Any] | None:
+    """What a TTY shows while a model is exported for ONNX Runtime (first use of a model):
+    a spinner with the library's message on stderr, then one line saying it is done."""
+    if not enabled:
+        return None
+
+    @contextmanager
+    def status(message: str) -> Iterator[None]:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status(message):
+            yield
+        console.print(f"{message.split(' (')[0]}: done")
+
+    return status
 
 
 def download_progress(enabled: bool) -> Callable[[int, int | None], None] | None:

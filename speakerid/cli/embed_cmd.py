@@ -8,13 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from .common import (
+    BackendOpt,
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     ThreadsOpt,
     download_progress,
     emit_json,
     handle_errors,
+    prepare_status,
     progress_bar,
     show_progress,
 )
@@ -37,6 +40,8 @@ def embed(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Save one <name>.npy per file here.")
     ] = None,
@@ -52,11 +57,19 @@ def embed(
     import numpy as np
 
     from ..audio import load_audio
+    from ..config import check_backend, check_precision
     from ..embedder import Embedder
 
     bars = show_progress(json_out)
     clips = [load_audio(f) for f in files]  # validate every input before any work
-    embedder = Embedder(model, device=device, progress=download_progress(bars))
+    embedder = Embedder(
+        model,
+        device=device,
+        progress=download_progress(bars),
+        backend=check_backend(backend) if backend else None,
+        on_prepare=prepare_status(bars),
+        precision=check_precision(precision) if precision else None,
+    )
     with progress_bar("embedding", len(clips), bars) as advance:
         results = embedder.embed_many(clips, on_progress=advance)
     outputs = _unique_outputs(files, output) if output else [None] * len(files)

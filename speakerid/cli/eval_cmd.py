@@ -10,10 +10,12 @@ import typer
 
 from ..trials import MAX_NONTARGETS, MAX_TARGETS
 from .common import (
+    BackendOpt,
     DbOpt,
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     ThreadsOpt,
     ThresholdOpt,
     emit_json,
@@ -180,6 +182,8 @@ def evaluate(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """EER, minDCF, thresholds at 1%/0.1% FAR, identification accuracy, open-set FAR.
@@ -189,7 +193,9 @@ def evaluate(
       speakerid evaluate people/ --plot plots/
       speakerid evaluate trials.txt --root audio/ --json
     """
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(
+        db, model, device, json_mode=json_out, backend=backend, precision=precision
+    ) as sid:
         rep = _run(
             sid,
             source,
@@ -240,6 +246,8 @@ def calibrate(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recommend the threshold that keeps false accepts at --target-far on your data.
@@ -255,7 +263,9 @@ def calibrate(
         raise InvalidInputError("--target-far must be between 0 and 1")
     if asnorm and cohort is None:
         raise InvalidInputError("--asnorm needs --cohort DIR (audio of speakers not under test)")
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(
+        db, model, device, json_mode=json_out, backend=backend, precision=precision
+    ) as sid:
         rep = _run(
             sid,
             source,

@@ -20,10 +20,12 @@ from ..quality import MIN_SPEECH_SECONDS
 from ..results import FileError
 from .common import (
     AsnormOpt,
+    BackendOpt,
     DbOpt,
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     ServerOpt,
     ThreadsOpt,
     ThresholdOpt,
@@ -94,6 +96,8 @@ def enroll(
     device: DeviceOpt = None,
     server: ServerOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll a speaker from one or more recordings (all-or-nothing).
@@ -104,7 +108,15 @@ def enroll(
       speakerid enroll alice alice3.mp3 --append --meta team=red
     """
     with (
-        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
+        open_service(
+            db,
+            model,
+            device,
+            json_mode=json_out,
+            server=server_url(server),
+            backend=backend,
+            precision=precision,
+        ) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
     ):
         res = sid.enroll(
@@ -147,6 +159,8 @@ def enroll_dir(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll every sub-folder of DIRECTORY as a speaker, in one transaction.
@@ -160,7 +174,9 @@ def enroll_dir(
     """
     total = sum(1 for _ in directory.rglob("*") if _.is_file()) if directory.is_dir() else 0
     with (
-        open_service(db, model, device, json_mode=json_out) as sid,
+        open_service(
+            db, model, device, json_mode=json_out, backend=backend, precision=precision
+        ) as sid,
         progress_bar("embedding", total, show_progress(json_out)) as advance,
     ):
         results, errors = sid.enroll_dir(
@@ -201,6 +217,8 @@ def identify(
     device: DeviceOpt = None,
     server: ServerOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Who is speaking? Open-set: below the threshold, or without speech, 'unknown'.
@@ -215,7 +233,15 @@ def identify(
     """
     sources = _inputs(files)
     with (
-        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
+        open_service(
+            db,
+            model,
+            device,
+            json_mode=json_out,
+            server=server_url(server),
+            backend=backend,
+            precision=precision,
+        ) as sid,
         progress_bar("identifying", len(sources), show_progress(json_out)) as advance,
     ):
         results = sid.identify_many(
@@ -259,6 +285,8 @@ def verify(
     device: DeviceOpt = None,
     server: ServerOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Is this really NAME? Exit 0 when accepted, 1 when rejected, 2 on error.
@@ -274,7 +302,15 @@ def verify(
     single = len(files) == 1 and not files[0].is_dir()
     sources = _inputs(files)
     with (
-        open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid,
+        open_service(
+            db,
+            model,
+            device,
+            json_mode=json_out,
+            server=server_url(server),
+            backend=backend,
+            precision=precision,
+        ) as sid,
         progress_bar("verifying", len(sources), show_progress(json_out) and not single) as adv,
     ):
         results = sid.verify_many(
@@ -319,6 +355,8 @@ def compare(
     device: DeviceOpt = None,
     server: ServerOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Same speaker in two files? Exit 0 when the score reaches the threshold, else 1.
@@ -327,7 +365,15 @@ def compare(
     Example:
       speakerid compare a.wav b.wav
     """
-    with open_service(db, model, device, json_mode=json_out, server=server_url(server)) as sid:
+    with open_service(
+        db,
+        model,
+        device,
+        json_mode=json_out,
+        server=server_url(server),
+        backend=backend,
+        precision=precision,
+    ) as sid:
         r = sid.compare(file1, file2, threshold=threshold, min_speech=min_speech)
     if json_out:
         emit_json(r.to_dict())

@@ -1,0 +1,221 @@
+"""Fast by default: ONNX Runtime on CPU without flags, PyTorch as the fallback, and one-shot
+commands (and their front end: resampling, fbank) that never import torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from speakerid import errors, onnx_backend
+from speakerid.audio import load_audio
+from speakerid.cli import app
+from speakerid.embedder import Embedder, choose_backend
+from speakerid.features import fbank_numpy
+from speakerid.resample import resample
+
+from .conftest import ROOT, VOICE_CLIPS, real_speech, wav_bytes
+
+runner = CliRunner()
+
+
+def test_default_backend_on_cpu_is_onnx_runtime_exported_once_with_metadata(
+    tiny_ckpt, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
+    told = []
+
+    @contextmanager
+    def preparing(message: str):
+        told.append(message)
+        yield
+
+    emb = Embedder(tiny_ckpt, on_prepare=preparing)
+    assert (emb.backend, emb.dim) == ("onnx", 192)
+    path = onnx_backend.cache_path(emb.sha256)
+    assert path.parent == tmp_path / "cache" / "onnx" and path.is_file()
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["sha256"] == emb.sha256 and meta["dim"] == 192
+    assert meta["config"]["m_channels"] == emb.model.config.m_channels
+    assert told == ["preparing tiny for ONNX Runtime (first use only; cached afterwards)"]
+    again = Embedder(tiny_ckpt, on_prepare=preparing)
+    assert again.backend == "onnx" and len(told) == 1  # cached: nothing to prepare
+
+
+def test_export_cache_defaults_to_the_home(monkeypatch, isolated_home):
+    monkeypatch.delenv("SPEAKERID_CACHE")
+    assert onnx_backend.cache_path("ab" * 32).parent == isolated_home / "onnx"
+
+
+def test_without_onnxruntime_the_default_falls_back_to_pytorch_with_one_log_line(
+    tiny_ckpt, monkeypatch, caplog
+):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    with caplog.at_level(logging.INFO, logger="speakerid"):
+        emb = Embedder(tiny_ckpt)
+    assert emb.backend == "torch"
+    assert [r.getMessage() for r in caplog.records] == [
+        "onnxruntime is not installed: using the slower PyTorch backend"
+    ]
+    assert caplog.records[0].levelno == logging.WARNING
+    clip = load_audio(wav_bytes(real_speech(0)))
+    assert abs(float(np.linalg.norm(emb.embed(clip).vector)) - 1.0) < 1e-5
+
+
+def test_without_the_exporter_a_new_model_falls_back_and_a_cached_one_needs_none(
+    tiny_ckpt, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnx", None)  # the exporter's package is missing
+        with caplog.at_level(logging.INFO, logger="speakerid"):
+            assert Embedder(tiny_ckpt).backend == "torch"
+        assert len(caplog.records) == 1
+        assert caplog.records[0].getMessage().startswith("cannot export to ONNX (the onnx backend")
+        with pytest.raises(errors.OnnxUnavailableError, match="needs the 'onnx' package"):
+            Embedder(tiny_ckpt, backend="onnx")  # asked for explicitly: an error
+    Embedder(tiny_ckpt)  # exported now
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnx", None)
+        assert Embedder(tiny_ckpt).backend == "onnx"  # a cached export needs no exporter
+
+
+def test_backend_choice_and_its_errors(tiny_ckpt, tmp_path, monkeypatch):
+    assert choose_backend("auto", on_cpu=False) == "torch"  # CUDA: PyTorch
+    assert choose_backend("auto", on_cpu=True) == "onnx"
+    with pytest.raises(errors.DeviceError, match="onnx backend runs on CPU only"):
+        choose_backend("onnx", on_cpu=False)
+    monkeypatch.setenv("SPEAKERID_BACKEND", "torch")
+    assert Embedder(tiny_ckpt).backend == "torch"
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(wav_bytes(real_speech(1)))
+    rows = {}
+    for backend in ("torch", "onnx", "auto"):
+        res = runner.invoke(
+            app, ["embed", str(wav), "--model", str(tiny_ckpt), "--json", "--backend", backend]
+        )
+        assert res.exit_code == 0, res.output
+        rows[backend] = np.array(json.loads(res.stdout)[0]["embedding"])
+    assert float(rows["torch"] @ rows["onnx"]) > 0.99999
+    assert np.array_equal(rows["onnx"], rows["auto"])
+    bad = runner.invoke(app, ["embed", str(wav), "--backend", "tf"])
+    assert bad.exit_code == 2
+    assert bad.output.strip() == "error: unknown backend 'tf': use one of auto, torch, onnx"
+
+
+def test_one_shot_commands_with_a_cached_export_never_import_torch(tiny_ckpt, tmp_path):
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"v{i}.wav")
+        files[-1].write_bytes(wav_bytes(real_speech(i)))
+    # a 44.1 kHz probe: resampled on the torch-free path too
+    probe = tmp_path / "probe.flac"
+    probe.write_bytes(wav_bytes(resample(real_speech(0), 16000, 44100), 44100, fmt="FLAC"))
+    db = str(tmp_path / "reg.db")
+    for name, f in (("alice", files[0]), ("bob", files[1])):  # exports the model (cached)
+        res = runner.invoke(app, ["enroll", name, str(f), "--model", str(tiny_ckpt), "--db", db])
+        assert res.exit_code == 0, res.output
+    commands = [
+        ["verify", "alice", str(probe), "--db", db],
+        ["identify", str(probe), str(files[2]), "--db", db, "--json"],
+        ["compare", str(files[2]), str(files[3]), "--model", str(tiny_ckpt)],
+        ["embed", str(probe), "--model", str(tiny_ckpt), "--json"],
+    ]
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from speakerid.cli import app
+        codes = []
+        for args in {commands!r}:
+            try:
+                app(args)
+            except SystemExit as exc:
+                codes.append(exc.code)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchaudio"))
+        print("RESULT", json.dumps({{"codes": codes, "torch": heavy}}))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SPEAKERID_HOME=str(tmp_path / "home"))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.split("RESULT ")[-1])
+    assert out["torch"] == []
+    assert out["codes"][0] == 0  # alice's own voice, resampled from 44.1 kHz
+    assert out["codes"][1] in (0, 1) and out["codes"][2] in (0, 1) and out["codes"][3] == 0
+    assert "accepted: " in proc.stdout and '"embedding"' in proc.stdout
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000])
+def test_torch_free_resampler_equals_torchaudio(rate):
+    import torch
+    import torchaudio.functional as AF
+
+    speech = torch.from_numpy(np.concatenate([real_speech(0), real_speech(1)]))
+    x = AF.resample(speech, 16000, rate)  # real speech at that rate
+    for part in (x, x[:12347], x[:999]):
+        want = AF.resample(part, rate, 16000).numpy()
+        got = resample(part.numpy(), rate, 16000)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert float(np.abs(got - want).max()) < 2e-5  # torchaudio's float32 rounding
+    # and load_audio uses it: a 44.1 kHz file
+    clip = load_audio(wav_bytes(x.numpy(), rate, subtype="FLOAT"))
+    assert np.abs(clip.samples - AF.resample(x, rate, 16000).numpy()).max() < 2e-5
+
+
+def test_torch_free_fbank_equals_torchaudio_on_real_speech():
+    """Real speech: equal to torchaudio's float32 rounding. Its own float32 error (vs its
+    float64 result) reaches 1.6e-3 in near-silent mel bins of real speech, so the bound on the
+    largest difference is that size; 99 % of values agree within 3e-5 (measured: median
+    1.4e-6, 99 % 2.1e-5, 99.9 % 1.3e-4, max 8.1e-4)."""
+    from speakerid.features import fbank
+
+    diffs = []
+    for i in range(len(VOICE_CLIPS)):
+        x = real_speech(i)
+        got, want = fbank_numpy(x), fbank(x).numpy()
+        assert got.dtype == np.float32 and got.shape == want.shape
+        diffs.append(np.abs(got - want).ravel())
+    diffs = np.concatenate(diffs)
+    assert float(np.quantile(diffs, 0.99)) < 3e-5 and float(diffs.max()) < 3e-3
+    rng = np.random.default_rng(0)
+    for n, frames in ((399, 0), (400, 1), (559, 1), (560, 2)):
+        w = rng.uniform(-0.5, 0.5, n).astype(np.float32)
+        assert fbank_numpy(w).shape == (frames, 80)
+        if frames:
+            assert float(np.abs(fbank_numpy(w) - fbank(w).numpy()).max()) < 1e-3
+
+
+def test_int8_precision_is_opt_in_cached_and_close_to_fp32(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
+    fp32 = Embedder(tiny_ckpt)
+    assert fp32.precision == "fp32"
+    int8 = Embedder(tiny_ckpt, precision="int8")
+    assert (int8.backend, int8.precision, int8.name) == ("onnx", "int8", "tiny")
+    assert onnx_backend.cache_path(int8.sha256, "int8").is_file()
+    clips = [load_audio(wav_bytes(real_speech(i))) for i in range(3)]
+    a, b = fp32.embed_many(clips), int8.embed_many(clips)
+    cos = [float(x.vector @ y.vector) for x, y in zip(a, b)]
+    assert all(0.99 < c < 0.99999 for c in cos), cos  # close, and really quantized
+    with pytest.raises(errors.DeviceError, match="precision int8 runs on the onnx backend"):
+        Embedder(tiny_ckpt, precision="int8", backend="torch")
+    monkeypatch.setenv("SPEAKERID_PRECISION", "int4")
+    with pytest.raises(errors.InvalidInputError, match=r"\$SPEAKERID_PRECISION='int4': use"):
+        Embedder(tiny_ckpt)
+    monkeypatch.delenv("SPEAKERID_PRECISION")
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(wav_bytes(real_speech(0)))
+    res = runner.invoke(
+        app, ["embed", str(wav), "--model", str(tiny_ckpt), "--json", "--precision", "int8"]
+    )
+    assert res.exit_code == 0, res.output
+    assert np.allclose(json.loads(res.stdout)[0]["embedding"], b[0].vector, atol=1e-6)
