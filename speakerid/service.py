@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -410,24 +411,33 @@ class SpeakerID:
         min_speech = check_min_speech(min_speech)
         files = list(files)
         out: list[IdentifyResult | FileError] = []
-        for start in range(0, len(files), PROBE_CHUNK):  # bounded memory for large folders
-            items, reasons = load_probes(
-                files[start : start + PROBE_CHUNK], min_speech, fail_fast=fail_fast
-            )
-            kept = [c for c, r in zip(items, reasons) if r is None and not _failed(c)]
-            found = []
-            if kept:
-                embs = self.embedder.embed_many(kept, on_progress=on_progress)
-                found = self.identify_embeddings(
-                    np.stack([e.vector for e in embs]),
-                    top_k,
-                    threshold,
-                    [e.source for e in embs],
-                    asnorm,
-                )
-            for _ in range(len(items) - len(kept) if on_progress else 0):
-                on_progress(1)  # failed or rejected files count as done, one by one
-            out.extend(with_rejected(found, items, reasons, t))
+        parts = [files[i : i + PROBE_CHUNK] for i in range(0, len(files), PROBE_CHUNK)]
+
+        def load(part: list) -> tuple[list, list]:
+            return load_probes(part, min_speech, fail_fast=fail_fast)
+
+        # bounded memory for large folders; the next chunk is decoded and gated (VAD) on a
+        # background thread while the network embeds this one
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, parts[0]) if parts else None
+            for k in range(len(parts)):
+                items, reasons = pending.result()
+                if k + 1 < len(parts):
+                    pending = pool.submit(load, parts[k + 1])
+                kept = [c for c, r in zip(items, reasons) if r is None and not _failed(c)]
+                found = []
+                if kept:
+                    embs = self.embedder.embed_many(kept, on_progress=on_progress)
+                    found = self.identify_embeddings(
+                        np.stack([e.vector for e in embs]),
+                        top_k,
+                        threshold,
+                        [e.source for e in embs],
+                        asnorm,
+                    )
+                for _ in range(len(items) - len(kept) if on_progress else 0):
+                    on_progress(1)  # failed or rejected files count as done, one by one
+                out.extend(with_rejected(found, items, reasons, t))
         return out
 
     def identify_embeddings(

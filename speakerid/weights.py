@@ -8,10 +8,12 @@ place, so an interrupted or corrupt download never leaves a file that looks inst
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import models_dir
+from .config import cache_dir, models_dir
 from .errors import (
     ChecksumMismatchError,
     DownloadError,
@@ -130,6 +132,39 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: A file changed less than this long ago is not memoized (timestamps are coarse: a rewrite of
+#: the same size within one clock tick could keep them; git's "racy" rule).
+RACY_SECONDS = 2.0
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """``sha256_file`` remembered per file (under ``$SPEAKERID_CACHE/sha256``) while its size,
+    mtime, ctime and inode stay the same: a one-shot command would otherwise re-hash the
+    checkpoint every time (70 MB for the common model, ~0.1 s). Any write changes the ctime,
+    which users cannot set back, so a changed file is hashed again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:32]
+    memo = cache_dir() / "sha256" / f"{key}.json"
+    try:
+        saved = json.loads(memo.read_text(encoding="utf-8"))
+        if saved["path"] == str(path) and saved["stat"] == stamp:
+            return str(saved["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256_file(path)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_SECONDS * 1e9:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"path": str(path), "stat": stamp, "sha256": digest}))
+            os.replace(tmp, memo)
+        except OSError:  # a read-only cache only costs the hashing
+            pass
+    return digest
 
 
 def installed_path(name: str) -> Path | None:
@@ -313,16 +348,16 @@ def resolve(name_or_path: str | os.PathLike, progress: Progress | None = None) -
     as_path = Path(text).expanduser()
     if as_path.is_file():
         full = as_path.resolve()
-        return ResolvedModel(as_path.stem, full, sha256_file(full), str(full))
+        return ResolvedModel(as_path.stem, full, checkpoint_sha256(full), str(full))
     bundled = bundled_path(text)
     if bundled is not None:
-        return ResolvedModel(text, bundled, sha256_file(bundled), text)
+        return ResolvedModel(text, bundled, checkpoint_sha256(bundled), text)
     if text in KNOWN_MODELS:
         path = installed_path(text) or download(text, progress=progress)
-        return ResolvedModel(text, path, sha256_file(path), text)
+        return ResolvedModel(text, path, checkpoint_sha256(path), text)
     path = installed_path(text)
     if path:
-        return ResolvedModel(text, path, sha256_file(path), text)
+        return ResolvedModel(text, path, checkpoint_sha256(path), text)
     if _looks_like_path(text):
         raise ModelNotInstalledError(f"{text}: no such model file")
     get_known(text)  # raises UnknownModelError with the list of names

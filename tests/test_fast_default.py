@@ -219,3 +219,31 @@ def test_int8_precision_is_opt_in_cached_and_close_to_fp32(tiny_ckpt, tmp_path, 
     )
     assert res.exit_code == 0, res.output
     assert np.allclose(json.loads(res.stdout)[0]["embedding"], b[0].vector, atol=1e-6)
+
+
+def test_checkpoint_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """One-shot commands do not re-hash the checkpoint (0.1 s for 70 MB) while it is unchanged;
+    a rewrite with the same size and a restored mtime is still noticed (ctime)."""
+    import time
+
+    from speakerid import weights
+
+    monkeypatch.setattr(weights, "RACY_SECONDS", 0.0)
+    hashed = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: hashed.append(p) or real(p))
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"a" * 1000)
+    first = weights.checkpoint_sha256(ckpt)
+    assert weights.checkpoint_sha256(ckpt) == first == real(ckpt) and len(hashed) == 1
+    before = ckpt.stat()
+    time.sleep(0.05)  # file timestamps tick at most every 10 ms
+    ckpt.write_bytes(b"b" * 1000)
+    os.utime(ckpt, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.checkpoint_sha256(ckpt) == real(ckpt) != first and len(hashed) == 2
+    monkeypatch.setattr(weights, "RACY_SECONDS", 3600.0)  # just written: never remembered
+    other = tmp_path / "n.pt"
+    other.write_bytes(b"c" * 10)
+    weights.checkpoint_sha256(other)
+    weights.checkpoint_sha256(other)
+    assert len(hashed) == 4
