@@ -10,6 +10,7 @@ import typer
 from . import eval_cmd, manage_cmd, model_cmd, registry_cmd
 from .demo_cmd import demo
 from .embed_cmd import embed
+from .track_cmd import track
 from .train_cmd import train
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("enroll-dir")(registry_cmd.enroll_dir)
 app.command("identify")(registry_cmd.identify)
 app.command("verify")(registry_cmd.verify)
 app.command("compare")(registry_cmd.compare)
+app.command("track")(track)
 app.command("list")(manage_cmd.list_speakers)
 app.command("show")(manage_cmd.show)
 app.command("remove")(manage_cmd.remove)
