@@ -121,14 +121,15 @@ def gate_enrollment_files(
     min_speech: float,
     errors: list[str] | None = None,
 ) -> tuple[list[AudioClip], list[str], list[dict]]:
-    """Load and gate enrollment files -> (clips, warnings, quality report). The first
-    unreadable or refused file raises, unless ``errors`` is given: then its message is
-    appended there and the file left out."""
+    """Load and gate enrollment files (or decoded clips) -> (clips, warnings, quality report).
+    The first unreadable or refused file raises, unless ``errors`` is given: then its message
+    is appended there and the file left out."""
     min_speech = check_min_speech(min_speech)
     clips, warnings, report = [], [], []
     for f in files:
         try:
-            clip, warns, row = enrollment_gate(load_audio(f), vad, force, min_speech)
+            audio = f if isinstance(f, AudioClip) else load_audio(f)
+            clip, warns, row = enrollment_gate(audio, vad, force, min_speech)
         except AudioError as exc:
             if errors is None:
                 raise

@@ -93,6 +93,63 @@ class CompareResult:
 
 
 @dataclass(frozen=True)
+class TrackSegment:
+    """One stretch of one voice. ``score``: the voice's cosine to its registry voiceprint when
+    enrolled; for an unknown voice its best registry candidate's (below the threshold), None
+    without a registry."""
+
+    start: float  # seconds
+    end: float
+    speaker: str  # registry name, or unknown-1, unknown-2, ... within one file
+    enrolled: bool
+    score: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "speaker": self.speaker,
+            "enrolled": self.enrolled,
+            "score": None if self.score is None else round(self.score, 6),
+        }
+
+
+@dataclass(frozen=True)
+class TrackSpeaker:
+    speaker: str
+    enrolled: bool
+    seconds: float  # speech time of this voice in the file
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "speaker": self.speaker,
+            "enrolled": self.enrolled,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """Who speaks when in one file (``speakerid track``): segments sorted and not overlapping,
+    speakers in order of first appearance. ``threshold`` is None when no registry named voices."""
+
+    file: str
+    duration: float
+    segments: list[TrackSegment]
+    speakers: list[TrackSpeaker]
+    threshold: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "duration": round(self.duration, 3),
+            "segments": [s.to_dict() for s in self.segments],
+            "speakers": [s.to_dict() for s in self.speakers],
+            "threshold": self.threshold,
+        }
+
+
+@dataclass(frozen=True)
 class EnrollResult:
     speaker: str
     created: bool

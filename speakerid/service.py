@@ -6,6 +6,7 @@ input never leaves a half-written registry. Nothing here imports torch until aud
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -17,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from . import config
+from .audio import AudioClip
 from .errors import (
     AudioError,
+    AudioQualityError,
     EmptyRegistryError,
     InvalidInputError,
     ModelError,
@@ -48,6 +51,7 @@ from .results import (
     RegistryInfo,
     RestoreResult,
     SpeakerInfo,
+    TrackResult,
     VerifyResult,
 )
 
@@ -264,7 +268,7 @@ class SpeakerID:
                 f"speaker {name!r} already exists; use --append to add utterances to it"
             )
         clips, warnings, report = gate_enrollment_files(audio_files, vad, force, min_speech)
-        embs = self.embedder.embed_many(clips, on_progress=on_progress)
+        embs = self._embed_enrollment(clips, force, on_progress)
         self._bind()
         utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
         res = self.registry.enroll(name, utts, append=append, metadata=metadata)
@@ -322,9 +326,12 @@ class SpeakerID:
                 on_progress(left_out)
             if files:
                 clips = gate_enrollment_files(files, vad, True, min_speech)[0]
-                embs = self.embedder.embed_many(clips, on_progress=on_progress)
+                embs = self._embed_enrollment(
+                    clips, force, on_progress, errors if skip_errors else None
+                )
                 utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
-                items.append((name, utts))
+                if utts:
+                    items.append((name, utts))
         done = {}
         if items:
             self._bind()
@@ -374,6 +381,110 @@ class SpeakerID:
             return  # the caller vouches that the vectors are the bound model's
         ident = weights.identity(requested or config.DEFAULT_MODEL, self._download_progress)
         self._writable_registry().bind(ident.name, ident.ref, ident.sha256, dim)
+
+    def _embed_enrollment(self, clips, force: bool, on_progress, errors: list | None = None):
+        """Embeddings of enrollment clips; a recording in which a second voice speaks for a
+        significant share is refused (``tracking.guard``) unless ``force``, or with ``errors``
+        reported there and left out."""
+        from .tracking.guard import embed_checked
+
+        embs, checks = embed_checked(self.embedder, clips, self.threshold()[0], on_progress)
+        out = []
+        for emb, check in zip(embs, checks):
+            if check.several and not force:
+                msg = (
+                    f"{check.message(emb.source)}; enroll one speaker per recording "
+                    f"(speakerid track splits a conversation) or use --force"
+                )
+                if errors is None:
+                    raise AudioQualityError(msg)
+                errors.append(msg)
+                continue
+            out.append(emb)
+        return out
+
+    # --- tracking ----------------------------------------------------------------------------
+    def track(
+        self,
+        audio,
+        threshold: float | None = None,
+        num_speakers: int | None = None,
+        max_speakers: int | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> TrackResult:
+        """Who speaks when in one recording (see ``track_many``)."""
+        return self.track_many([audio], threshold, num_speakers, max_speakers, on_progress)[0]
+
+    def track_many(
+        self,
+        files: Sequence,
+        threshold: float | None = None,
+        num_speakers: int | None = None,
+        max_speakers: int | None = None,
+        on_progress: Callable[[float], None] | None = None,
+        fail_fast: bool = True,
+    ) -> list[TrackResult | FileError]:
+        """Who speaks when, per file: voices found by clustering, named from the registry when
+        one exists (open set at the threshold), else ``unknown-1``, ``unknown-2``, ... A
+        registry bound to another model than the one asked for lends no names. Files stream
+        through in bounded memory; ``on_progress(seconds)`` counts each file's duration twice
+        (speech detection, then embedding). ``fail_fast`` as in ``identify_many``."""
+        from .audio import source_name
+        from .tracking.pipeline import check_counts, track
+
+        check_counts(num_speakers, max_speakers)
+        self.registry_free()
+        identify, t = None, None
+        if self._binding() is not None and not self.registry.is_empty():
+            t, _ = self.threshold(threshold)
+
+            def identify(vectors):
+                return self.identify_embeddings(vectors, top_k=2, threshold=t)
+        elif threshold is not None:
+            config.parse_threshold(threshold)
+        out: list[TrackResult | FileError] = []
+        for f in files:
+            try:
+                out.append(
+                    track(f, self.embedder, identify, t, num_speakers, max_speakers, on_progress)
+                )
+            except AudioError as exc:
+                if fail_fast:
+                    raise
+                out.append(FileError(source_name(f), str(exc)))
+        return out
+
+    def enroll_voice(
+        self,
+        result: TrackResult,
+        audio,
+        voice: str,
+        name: str,
+        append: bool = False,
+        force: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> EnrollResult:
+        """Enroll the speech of one unknown voice of a ``track`` result (e.g. ``unknown-2``)
+        as ``name``, through ``enroll`` (same gates and checks). At most
+        ``ENROLL_VOICE_SECONDS`` of its segments are used, in time order."""
+        from .tracking.windows import read_spans
+
+        unknown = [s.speaker for s in result.speakers if not s.enrolled]
+        if voice not in unknown:
+            known = ", ".join(unknown) or "none"
+            raise InvalidInputError(
+                f"{voice}: no such unknown voice in {result.file} (unknown voices: {known})"
+            )
+        spans, total = [], 0
+        for s in result.segments:
+            if s.speaker == voice and total < ENROLL_VOICE_SECONDS * 16000:
+                a, b = round(s.start * 16000), round(s.end * 16000)
+                spans.append((a, b))
+                total += b - a
+        samples = np.concatenate(read_spans(audio, spans)).astype(np.float32)
+        digest = hashlib.sha256(samples.tobytes()).hexdigest()
+        clip = AudioClip(samples, f"{result.file}#{voice}", 16000, 1, digest)
+        return self.enroll(name, [clip], append=append, force=force, min_speech=min_speech)
 
     # --- queries -----------------------------------------------------------------------------
     def identify(
@@ -427,7 +538,10 @@ class SpeakerID:
                 kept = [c for c, r in zip(items, reasons) if r is None and not _failed(c)]
                 found = []
                 if kept:
-                    embs = self.embedder.embed_many(kept, on_progress=on_progress)
+                    from .tracking.guard import embed_checked
+
+                    raw_t = self.threshold()[0] if asnorm else t  # the guard compares cosines
+                    embs, checks = embed_checked(self.embedder, kept, raw_t, on_progress)
                     found = self.identify_embeddings(
                         np.stack([e.vector for e in embs]),
                         top_k,
@@ -435,6 +549,13 @@ class SpeakerID:
                         [e.source for e in embs],
                         asnorm,
                     )
+                    found = [  # several voices: no single answer (see tracking.guard)
+                        IdentifyResult(
+                            r.file, None, REJECTED_SCORE, False, t, [],
+                            f"{c.message(r.file)}; use speakerid track to see who speaks when",
+                        ) if c.several else r
+                        for r, c in zip(found, checks)
+                    ]  # fmt: skip
                 for _ in range(len(items) - len(kept) if on_progress else 0):
                     on_progress(1)  # failed or rejected files count as done, one by one
                 out.extend(with_rejected(found, items, reasons, t))
@@ -667,6 +788,8 @@ def copy_registry(
 
 
 PROBE_CHUNK = 64
+#: Most speech of one voice that ``enroll_voice`` enrolls (seconds).
+ENROLL_VOICE_SECONDS = 120.0
 
 
 def _failed(item) -> bool:

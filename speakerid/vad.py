@@ -164,3 +164,43 @@ def keep_speech(samples: np.ndarray, segments: list[Segment] | None = None) -> n
     if not segs:
         return np.zeros(0, np.float32)
     return np.concatenate([x[a:b] for a, b in segs])
+
+
+class VadStream:
+    """``speech_probs`` of a signal that arrives in blocks of any size: the network's state and
+    context carry over, so the concatenated output equals ``speech_probs`` of the whole."""
+
+    def __init__(self) -> None:
+        self._state = np.zeros((2, 1, 128), np.float32)
+        self._context = np.zeros(CONTEXT, np.float32)
+        self._rest = np.zeros(0, np.float32)
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        sess = _session()
+        n = len(x) // WINDOW
+        out = np.empty(n, np.float32)
+        for i in range(n):
+            win = x[i * WINDOW : (i + 1) * WINDOW]
+            chunk = np.concatenate([self._context, win])[None, :]
+            feed = {"input": chunk, "state": self._state, "sr": self._sr}
+            prob, self._state = sess.run(None, feed)
+            out[i] = float(prob.reshape(-1)[0])
+            self._context = win[-CONTEXT:]
+        return out
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities of the complete 512-sample windows received so far."""
+        x = np.concatenate([self._rest, np.asarray(samples, np.float32).reshape(-1)])
+        n = len(x) // WINDOW * WINDOW
+        self._rest = x[n:]
+        return self._run(x[:n])
+
+    def flush(self) -> np.ndarray:
+        """The last, zero-padded window (if any samples are left)."""
+        if not len(self._rest):
+            return np.zeros(0, np.float32)
+        x = np.zeros(WINDOW, np.float32)
+        x[: len(self._rest)] = self._rest
+        self._rest = np.zeros(0, np.float32)
+        return self._run(x)

@@ -12,6 +12,7 @@ from .. import __version__
 from . import copy_cmd, eval_cmd, manage_cmd, model_cmd, registry_cmd, serve_cmd
 from .demo_cmd import demo
 from .embed_cmd import embed
+from .track_cmd import track
 from .train_cmd import train
 
 
@@ -73,6 +74,7 @@ app.command("enroll-dir")(registry_cmd.enroll_dir)
 app.command("identify")(registry_cmd.identify)
 app.command("verify")(registry_cmd.verify)
 app.command("compare")(registry_cmd.compare)
+app.command("track")(track)
 app.command("list")(manage_cmd.list_speakers)
 app.command("show")(manage_cmd.show)
 app.command("remove")(manage_cmd.remove)
