@@ -104,7 +104,7 @@ def track(
     from ..tracking.segments import rttm_lines
     from ..tracking.stream import probe_duration
 
-    durations = [probe_duration(s) for s in sources]
+    durations = [probe_duration(src) for src in sources]
     total = 2 * sum(durations) if all(d is not None for d in durations) else None
     with open_service(db, model, device, json_mode=json_out) as sid:
         with progress_bar("tracking", total, show_progress(json_out)) as advance:

@@ -35,7 +35,7 @@ from .windows import FrameEmbedder, layout
 
 MIN_SPEECH = 4.0
 MIN_SHARE = 0.2
-MIN_PART_SECONDS = 1.0
+MIN_PART_SECONDS = 2.0
 SAME_FACTOR = 0.75
 WINDOW_SECONDS = 1.5
 HOP_SECONDS = 0.75
@@ -131,10 +131,11 @@ def embed_checked(
             short, embedder.embed_many([clips[i] for i in short], on_progress=on_progress)
         ):
             embs[i] = e
-    fe = FrameEmbedder(embedder)
+    fe = None  # built only for a clip long enough to check (it runs the PyTorch trunk)
     for i, clip in enumerate(clips):
         if seconds[i] < MIN_SPEECH:
             continue
+        fe = fe or FrameEmbedder(embedder)
         embs[i], x, w = _embed_with_windows(fe, clip, speech[i])
         checks[i] = check_clip(embedder, clip, x, w, speech[i], threshold)
         if on_progress:
