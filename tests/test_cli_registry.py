@@ -175,6 +175,8 @@ def test_import_embeddings_formats_and_export(cli, tmp_path):
     )
     (tmp_path / "junk.npy").write_bytes(b"junk")
     _one_line_error(cli("import-embeddings", tmp_path / "junk.npy"), contains="not a readable")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    _one_line_error(cli("import-embeddings", tmp_path / "empty.npy"), contains="(empty)")
     r = cli("export", tmp_path / "exp", "--json", model=False)
     assert json.loads(r.stdout)["utterances"] == 4
     assert (tmp_path / "exp" / "names.txt").read_text().split() == [

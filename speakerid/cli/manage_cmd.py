@@ -148,6 +148,8 @@ def _load_npy(path: Path):
 
     try:
         return np.load(path, allow_pickle=False)
+    except EOFError:
+        raise InvalidInputError(f"{path}: not a readable .npy file (empty)") from None
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"{path}: not a readable .npy file ({exc})") from None
 
