@@ -36,7 +36,7 @@ from .windows import FrameEmbedder, layout
 MIN_SPEECH = 4.0
 MIN_SHARE = 0.2
 MIN_PART_SECONDS = 2.0
-SAME_FACTOR = 0.75
+SAME_FACTOR = 0.5
 WINDOW_SECONDS = 1.5
 HOP_SECONDS = 0.75
 

@@ -10,17 +10,17 @@ goes through ERes2NetV2's convolutional trunk once, and each window's embedding 
 output frames inside the window, statistics-pooled and projected by the model's own embedding
 layer (``seg_1``). ERes2NetV2 is convolutional up to the pooling, so this is the network's
 embedding of the window with its neighbourhood as context instead of zero padding, at the cost
-of one pass over the speech instead of ``WINDOW_SECONDS / HOP_SECONDS`` passes. Pooled over a
-whole clip, the same frames give exactly ``Embedder.embed`` (tested).
+of one pass over the speech instead of ``WINDOW_SECONDS / HOP_SECONDS`` passes; for tracking
+only every ``FRAME_STEP``-th fbank frame is fed. Pooled over a whole clip at step 1, the same
+frames give exactly ``Embedder.embed`` (tested; the guard relies on it).
 
 The fbank is normalized by the mean over *all the recording's speech* (measured in pass 1), not
 per block or per window: every window then sees the same reference, so windows of one voice
-stay comparable across the file (per-block means made windows cluster by block, and per-window
-means remove the long-term spectral shape that carries much of a voice: measured in
-docs/tracking.md). Such window embeddings are for comparing windows of one recording with each
-other; they are not comparable with registry voiceprints, which are embeddings of whole
-recordings normalized by their own mean, so voices are named from a standard embedding of
-their speech (``naming.py``).
+stay comparable across the file (per-block means made windows cluster by block, sliding means
+by turn, and per-window means separated voices worst of all: docs/tracking.md). Such window
+embeddings are for comparing windows of one recording with each other; they are not comparable
+with registry voiceprints, which are embeddings of whole recordings normalized by their own
+mean, so voices are named from a standard embedding of their speech (``naming.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ from ..audio import SAMPLE_RATE, AudioSource
 
 WINDOW_SECONDS = 1.5
 HOP_SECONDS = 0.75
-#: Most speech embedded by one network pass (bounds memory: ~0.4 GB for the official model).
+#: Every second fbank frame feeds the trunk (20 ms instead of 10 ms): half the cost of the
+#: embedding pass for the same accuracy on the dev conversations (every third lost ~10 points
+#: of DER; docs/tracking.md). Window embeddings are only compared with each other.
+FRAME_STEP = 2
+#: Most speech embedded by one network pass (bounds the activations held at once).
 BLOCK_SECONDS = 20.0
 #: Output frame of the trunk = 8 fbank frames (three stride-2 stages) = 1280 samples (80 ms).
 TRUNK_STRIDE = 1280
@@ -98,11 +102,13 @@ def blocks(segments: list[Span], block: float = BLOCK_SECONDS) -> list[list[Span
 class FrameEmbedder:
     """Window embeddings from one trunk pass per block, with an ``Embedder``'s model."""
 
-    def __init__(self, embedder) -> None:
+    def __init__(self, embedder, step: int = 1) -> None:
         self.embedder = embedder
         self.model = embedder.model
         self.dim = embedder.dim
         self.device = next(self.model.parameters()).device
+        #: Every ``step``-th fbank frame goes through the trunk (1: all, the network's own rate).
+        self.step = step
 
     def frames(self, samples: np.ndarray, mean: np.ndarray | None = None):
         """The trunk's output ``[channels * bands, frames]`` (float64) for 16 kHz samples,
@@ -114,7 +120,8 @@ class FrameEmbedder:
         with torch.inference_mode():
             feats = raw_fbank(samples)
             ref = feats.mean(dim=0, keepdim=True) if mean is None else torch.as_tensor(mean)
-            feats = (feats - ref.to(feats.dtype)).unsqueeze(0).to(self.device)  # [1, T, 80]
+            feats = feats[:: self.step] - ref.to(feats.dtype)
+            feats = feats.unsqueeze(0).to(self.device)  # [1, T, 80]
             x = feats.transpose(1, 2).unsqueeze(1)
             x = F.relu(m.bn1(m.conv1(x)))
             out3 = m.layer3(m.layer2(m.layer1(x)))
@@ -150,11 +157,12 @@ class FrameEmbedder:
             out[i, frames.shape[0] :] = np.sqrt(var + 1e-8)
         return out
 
-    @staticmethod
-    def frame_span(a: int, b: int, total: int) -> tuple[int, int]:
+    def frame_span(self, a: int, b: int, total: int) -> tuple[int, int]:
         """Trunk frames whose centre lies in samples ``[a, b)`` (at least 2, within range)."""
-        j0 = max(0, -(-(a - _FRAME_CENTER) // TRUNK_STRIDE))
-        j1 = min(total, -(-(b - _FRAME_CENTER) // TRUNK_STRIDE))
+        stride = TRUNK_STRIDE * self.step
+        centre = _FRAME_CENTER + (self.step - 1) * 560  # fbank frame step * 3.5 hops of 160
+        j0 = max(0, -(-(a - centre) // stride))
+        j1 = min(total, -(-(b - centre) // stride))
         if j1 - j0 < 2:
             j0 = max(0, min(j0, total - 2))
             j1 = min(total, j0 + 2)
