@@ -247,3 +247,12 @@ def test_checkpoint_hash_is_remembered_until_the_file_changes(tmp_path, monkeypa
     weights.checkpoint_sha256(other)
     weights.checkpoint_sha256(other)
     assert len(hashed) == 4
+
+
+def test_the_cli_shows_the_first_use_preparation_on_a_terminal(capsys):
+    from speakerid.cli.common import prepare_status
+
+    assert prepare_status(False) is None  # --json or not a TTY: nothing printed
+    with prepare_status(True)("preparing tiny for ONNX Runtime (first use only; cached ...)"):
+        pass
+    assert capsys.readouterr().err.strip() == "preparing tiny for ONNX Runtime: done"
