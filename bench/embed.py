@@ -24,6 +24,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,16 +132,24 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+
+    tmp = Path(tempfile.mkdtemp(prefix="speakerid-embed-"))
+    try:
+        run_all(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a 70 MB checkpoint and its exports
+
+
+def run_all(args, tmp: Path) -> None:
     import torch
 
     from speakerid.models.eres2netv2 import ERes2NetV2
 
-    tmp = Path(tempfile.mkdtemp(prefix="speakerid-embed-"))
-    torch.manual_seed(0)
-    common = tmp / "eres2netv2-common-random.pt"
-    torch.save(ERes2NetV2().state_dict(), common)
     models = {}
     if "common" in args.models:
+        torch.manual_seed(0)
+        common = tmp / "eres2netv2-common-random.pt"
+        torch.save(ERes2NetV2().state_dict(), common)
         models["common (full width, random)"] = common
     if "asset" in args.models and ASSET.is_file():
         models["test asset m32"] = ASSET

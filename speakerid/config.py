@@ -29,7 +29,7 @@ ENV_THREADS = "SPEAKERID_THREADS"
 ENV_CACHE = "SPEAKERID_CACHE"
 ENV_PRECISION = "SPEAKERID_PRECISION"
 #: ``int8``: the ONNX Runtime network with dynamically quantized convolutions (opt-in: faster
-#: on CPU, embeddings within cosine ~0.998 of fp32; docs/performance.md).
+#: on CPU, embeddings within cosine 0.997-0.999 of fp32; docs/performance.md).
 PRECISIONS = ("fp32", "int8")
 #: ``auto``: the fastest exact backend available (ONNX Runtime on CPU, PyTorch on CUDA).
 BACKENDS = ("auto", "torch", "onnx")

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pytest
@@ -247,3 +247,24 @@ def test_checkpoint_hash_is_remembered_until_the_file_changes(tmp_path, monkeypa
     weights.checkpoint_sha256(other)
     weights.checkpoint_sha256(other)
     assert len(hashed) == 4
+
+
+def test_the_cli_shows_the_first_use_preparation_on_a_terminal(capsys):
+    from speakerid.cli.common import prepare_status
+
+    assert prepare_status(False) is None  # --json or not a TTY: nothing printed
+    with prepare_status(True)("preparing tiny for ONNX Runtime (first use only; cached ...)"):
+        pass
+    assert capsys.readouterr().err.strip() == "preparing tiny for ONNX Runtime: done"
+
+
+def test_model_export_onnx_fills_the_backend_cache(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
+    res = runner.invoke(app, ["model", "export-onnx", str(tiny_ckpt), "--json"])
+    assert res.exit_code == 0, res.output
+    path = onnx_backend.cache_path(json.loads(res.stdout)["sha256"])
+    assert json.loads(res.stdout)["onnx"] == str(path)
+    assert json.loads(path.with_suffix(".json").read_text())["dim"] == 192
+    told = []
+    Embedder(tiny_ckpt, on_prepare=lambda m: told.append(m) or nullcontext())
+    assert told == []  # already prepared

@@ -146,7 +146,7 @@ def export_onnx(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a model to ONNX (what SPEAKERID_BACKEND=onnx runs) and check its agreement.
+    """Export a model to ONNX (what the default CPU backend runs) and check its agreement.
 
     \b
     Example:
@@ -156,7 +156,12 @@ def export_onnx(
 
     resolved = weights.resolve(model, progress=download_progress(show_progress(json_out)))
     net = weights.load_model(resolved.path)
-    dest = onnx_backend.export_onnx(net, output or onnx_backend.cache_path(resolved.sha256))
+    cached = output is None  # into the backend's cache: with its metadata, used from then on
+    dest = onnx_backend.export_onnx(
+        net,
+        onnx_backend.cache_path(resolved.sha256) if cached else output,
+        resolved.sha256 if cached else None,
+    )
     cosine = onnx_backend.agreement(net, onnx_backend.OnnxNetwork(dest))
     data = {
         "name": resolved.name,
