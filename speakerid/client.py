@@ -35,6 +35,9 @@ from .results import (
     IdentifyResult,
     RegistryInfo,
     SpeakerInfo,
+    TrackResult,
+    TrackSegment,
+    TrackSpeaker,
     UtteranceInfo,
     VerifyResult,
 )
@@ -278,6 +281,50 @@ class Client:
         params = self._params(threshold=threshold, min_speech=min_speech)
         d = self._call("POST", "/v1/compare", params=params, files=files)
         return _build(CompareResult, d)
+
+    def track(
+        self,
+        audio: Any,
+        threshold: float | None = None,
+        num_speakers: int | None = None,
+        max_speakers: int | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> TrackResult:
+        """Who speaks when in one recording (``POST /v1/track``)."""
+        params = self._params(
+            threshold=threshold, num_speakers=num_speakers, max_speakers=max_speakers
+        )
+        d = self._call("POST", "/v1/track", params=params, files=[self._upload("file", audio)])
+        res = _build(
+            TrackResult,
+            d,
+            segments=[_build(TrackSegment, s) for s in d["segments"]],
+            speakers=[_build(TrackSpeaker, s) for s in d["speakers"]],
+        )
+        if on_progress:
+            on_progress(2 * res.duration)
+        return res
+
+    def track_many(
+        self,
+        files: Sequence,
+        threshold: float | None = None,
+        num_speakers: int | None = None,
+        max_speakers: int | None = None,
+        on_progress: Callable[[float], None] | None = None,
+        fail_fast: bool = True,
+    ) -> list[TrackResult | FileError]:
+        """``track`` for each file, in order (one request each); a bad file gives a
+        ``FileError`` unless ``fail_fast`` (the contract of ``SpeakerID.track_many``)."""
+        out: list[TrackResult | FileError] = []
+        for f in files:
+            try:
+                out.append(self.track(f, threshold, num_speakers, max_speakers, on_progress))
+            except E.AudioError as exc:
+                if fail_fast:
+                    raise
+                out.append(FileError(source_name(f), str(exc)))
+        return out
 
     def embed(self, files: Sequence) -> list[dict[str, Any]]:
         """``embed --json`` rows: ``{"file", "model", "dim", "embedding"}``."""

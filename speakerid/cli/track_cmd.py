@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import server_url
 from ..errors import InvalidInputError
 from ..results import FileError, TrackResult
 from .common import (
@@ -18,6 +19,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    ServerOpt,
     ThresholdOpt,
     emit_json,
     handle_errors,
@@ -86,6 +88,7 @@ def track(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    server: ServerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Who speaks when? Enrolled voices by name, the others unknown-1, unknown-2, ...
@@ -100,13 +103,19 @@ def track(
     pairs = _pairs(enroll_unknown)
     if pairs and (len(files) != 1 or files[0].is_dir() or str(files[0]) == "-"):
         raise InvalidInputError("--enroll-unknown needs exactly one FILE (not a folder or -)")
+    server = server_url(server)
+    if pairs and server:
+        raise InvalidInputError(
+            "--enroll-unknown works on a local registry only (not with --server): track "
+            "there, then enroll the voice's speech with speakerid enroll --server"
+        )
     sources = _inputs(files)
     from ..tracking.segments import rttm_lines
     from ..tracking.stream import probe_duration
 
     durations = [probe_duration(src) for src in sources]
     total = 2 * sum(durations) if all(d is not None for d in durations) else None
-    with open_service(db, model, device, json_mode=json_out) as sid:
+    with open_service(db, model, device, json_mode=json_out, server=server) as sid:
         with progress_bar("tracking", total, show_progress(json_out)) as advance:
             results = sid.track_many(
                 sources,

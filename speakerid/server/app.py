@@ -47,6 +47,9 @@ class ServerState:
         self.started = False
         self.ready = False
         self.limiter: anyio.CapacityLimiter | None = None
+        #: ``/v1/track`` runs its window embeddings in the request's thread, not on the
+        #: batching worker: one at a time, so that long recordings do not fight over the cores.
+        self.track_lock: anyio.Lock | None = None
         self.concurrency = settings.concurrency or 1
 
     def start(self) -> None:
@@ -143,6 +146,7 @@ def create_app(settings: ServerSettings | None = None, state: ServerState | None
         if not state.started:
             await anyio.to_thread.run_sync(state.start)
         state.limiter = anyio.CapacityLimiter(state.concurrency)
+        state.track_lock = anyio.Lock()
         yield
         await anyio.to_thread.run_sync(state.stop)
 

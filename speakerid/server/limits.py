@@ -107,3 +107,20 @@ def check_sources(sources: list[AudioBytes], max_files: int, max_seconds: float)
                 f"{src.name}: audio is {seconds:.1f} s long; this server accepts at most "
                 f"{max_seconds:g} s per file"
             )
+
+
+def check_length(source: AudioBytes, max_seconds: float) -> None:
+    """Seconds of one recording that is never decoded as a whole (``/v1/track`` streams it):
+    from the header, else by decoding it block by block (stops at the limit)."""
+    if probe_seconds(source.data) is not None:
+        return  # check_sources has compared it already
+    from ..tracking.stream import stream_audio
+
+    samples = 0
+    for block in stream_audio(source):
+        samples += len(block)
+        if samples > max_seconds * 16000:
+            raise LimitExceededError(
+                f"{source.name}: audio is longer than {max_seconds:g} s; this server accepts "
+                f"at most {max_seconds:g} s per file"
+            )

@@ -46,6 +46,9 @@ class Metrics:
         self.audio_seconds = Counter(
             "speakerid_audio_seconds_embedded", "Seconds of audio embedded", registry=r
         )
+        self.audio_seconds_tracked = Counter(
+            "speakerid_audio_seconds_tracked", "Seconds of audio tracked (/v1/track)", registry=r
+        )
         self.clips = Counter("speakerid_clips_embedded", "Audio clips embedded", registry=r)
         self.batch_size = Histogram(
             "speakerid_embed_batch_size",

@@ -15,7 +15,7 @@ from ..errors import InvalidInputError, NotReadyError
 from ..quality import MIN_SPEECH_SECONDS
 from . import schemas as S
 from .auth import require
-from .limits import check_sources
+from .limits import check_length, check_sources
 
 #: Largest top-k a request may ask for (a server limit, not a scoring rule).
 MAX_TOP_K = 100
@@ -324,6 +324,35 @@ async def embed(request: Request, files: list[UploadFile] = FilesField) -> list[
         }
         for src, e in zip(sources, rows)
     ]
+
+
+@router.post(
+    "/v1/track",
+    tags=["recognition"],
+    dependencies=[READ],
+    responses={**ok(S.TrackOut), **errors(400, 413)},
+)
+async def track(
+    request: Request,
+    file: UploadFile = File(..., description="One recording (a meeting, a call, ...)"),
+    threshold: float | None = Query(None, description="Cosine threshold (default: the registry's)"),
+    num_speakers: int | None = Query(None, ge=1, description="Exact number of speakers"),
+    max_speakers: int | None = Query(None, ge=1, description="At most this many speakers"),
+) -> dict[str, Any]:
+    """Who speaks when? Enrolled voices by name, the others ``unknown-1``, ... (``track
+    --json``: the object of the one file). One tracking computes at a time per process."""
+    state = _state(request)
+    sources = await _read([file])
+
+    def work():
+        src = _checked(state, sources)[0]
+        check_length(src, state.settings.max_audio_seconds)
+        return state.sid.track(src, threshold, num_speakers, max_speakers)
+
+    async with state.track_lock:
+        res = await state.run(work)
+    state.metrics.audio_seconds_tracked.inc(res.duration)
+    return res.to_dict()
 
 
 # --- keys ------------------------------------------------------------------------------------

@@ -76,6 +76,28 @@ class EnrollOut(_Open):
     quality: list[dict[str, Any]] = []
 
 
+class TrackSegmentOut(_Open):
+    start: float
+    end: float
+    speaker: str = Field(..., description="Registry name, or unknown-1, unknown-2, ...")
+    enrolled: bool
+    score: float | None
+
+
+class TrackSpeakerOut(_Open):
+    speaker: str
+    enrolled: bool
+    seconds: float
+
+
+class TrackOut(_Open):
+    file: str
+    duration: float
+    segments: list[TrackSegmentOut]
+    speakers: list[TrackSpeakerOut]
+    threshold: float | None = Field(..., description="None when no registry named voices")
+
+
 class SpeakerRow(_Open):
     name: str
     utterances: int
