@@ -46,7 +46,6 @@ import conversations as conv  # noqa: E402
 
 from speakerid.errors import AudioQualityError  # noqa: E402
 from speakerid.gates import gate_enrollment_files  # noqa: E402
-from speakerid.tracking.naming import CANDIDATES  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "datasets" / "speechocean762-dev"
@@ -185,7 +184,7 @@ def evaluate(items, emb, ans, db: Path, threshold: float | None = None) -> dict:
         enrolled_all.update(s.name for s in sid.list())
 
         def ident(v):
-            return sid.identify_embeddings(v, top_k=CANDIDATES, threshold=t)
+            return sid.identify_embeddings(v, top_k=2, threshold=t)
 
         for variant, identify in (("track", ident), ("plain", None)):
             der = {
@@ -196,14 +195,7 @@ def evaluate(items, emb, ans, db: Path, threshold: float | None = None) -> dict:
             per = []
             for it in items:
                 an = ans[it["uri"]]
-                res = decide(
-                    an,
-                    emb,
-                    it["audio"],
-                    identify,
-                    t if identify else None,
-                    voiceprint=sid.registry.voiceprint if identify else None,
-                )
+                res = decide(an, emb, it["audio"], identify, t if identify else None)
                 ref = load_rttm(it["rttm"])
                 hyp = hyp_spans(res)
                 r_ann, h_ann = annotation(ref), annotation(hyp)
@@ -255,14 +247,7 @@ def figures(item: dict, emb, an, db: Path, folder: Path) -> list[Path]:
     reference = TrackResult(f"{item['uri']} (reference)", an.duration, segs, speakers)
     with SpeakerID(db=db) as sid:
         t, _ = sid.threshold()
-        res = decide(
-            an,
-            emb,
-            item["audio"],
-            lambda v: sid.identify_embeddings(v, CANDIDATES, t),
-            t,
-            voiceprint=sid.registry.voiceprint,
-        )
+        res = decide(an, emb, item["audio"], lambda v: sid.identify_embeddings(v, 2, t), t)
     res = TrackResult(f"{item['uri']} (speakerid track)", res.duration, res.segments, res.speakers)
     folder.mkdir(parents=True, exist_ok=True)
     return [
@@ -305,7 +290,7 @@ def real_time_factor(items, asset_ans, split, work: Path) -> dict:
         t, _ = sid.threshold()
 
         def ident(v):
-            return sid.identify_embeddings(v, top_k=CANDIDATES, threshold=t)
+            return sid.identify_embeddings(v, top_k=2, threshold=t)
 
         for it in items:
             t0 = time.perf_counter()
@@ -318,7 +303,7 @@ def real_time_factor(items, asset_ans, split, work: Path) -> dict:
             t3 = time.perf_counter()
             spans = naming.typical_spans(ref_an, ref_labels)
             clips = naming.voice_clips(it["audio"], it["uri"], spans)
-            names = naming.name_voices(emb, clips, ident, voiceprint=sid.registry.voiceprint)
+            names = naming.name_voices(emb, clips, ident)
             pipeline.result_from_labels(an, labels, {}, t)
             t4 = time.perf_counter()
             stages["speech_and_embedding"] += t1 - t0

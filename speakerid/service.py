@@ -434,31 +434,19 @@ class SpeakerID:
 
         check_counts(num_speakers, max_speakers)
         self.registry_free()
-        from .tracking.naming import CANDIDATES
-
-        identify, t, voiceprint = None, None, None
+        identify, t = None, None
         if self._binding() is not None and not self.registry.is_empty():
             t, _ = self.threshold(threshold)
-            voiceprint = self.registry.voiceprint
 
             def identify(vectors):
-                return self.identify_embeddings(vectors, top_k=CANDIDATES, threshold=t)
+                return self.identify_embeddings(vectors, top_k=2, threshold=t)
         elif threshold is not None:
             config.parse_threshold(threshold)
         out: list[TrackResult | FileError] = []
         for f in files:
             try:
                 out.append(
-                    track(
-                        f,
-                        self.embedder,
-                        identify,
-                        t,
-                        num_speakers,
-                        max_speakers,
-                        on_progress,
-                        voiceprint,
-                    )
+                    track(f, self.embedder, identify, t, num_speakers, max_speakers, on_progress)
                 )
             except AudioError as exc:
                 if fail_fast:

@@ -180,60 +180,6 @@ def test_naming_needs_the_threshold_and_a_margin_over_the_runner_up():
     assert out[2].name is None and out[2].score == 0.2
 
 
-def test_sparse_naming_names_a_voice_its_own_voiceprint_explains():
-    """Voiceprints alice and bob lie close (cosine 0.9): a voice of alice scores 0.9 on bob
-    too, which the margin rule found ambiguous, but alone explains it. A mixture of three
-    voiceprints is nobody; a voice below threshold + NAME_RAISE stays unknown."""
-    from speakerid.audio import AudioClip
-    from speakerid.embedder import Embedding
-    from speakerid.results import Candidate, IdentifyResult
-
-    eye = np.eye(8)
-    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
-    prints = {
-        "alice": eye[0],
-        "bob": unit(0.9 * eye[0] + np.sqrt(1 - 0.81) * eye[1]),
-        "carol": eye[2],
-        "dave": eye[3],
-        "erin": eye[4],
-    }
-    voices = {
-        "v0": eye[0],  # alice
-        "v1": unit(eye[2] + eye[3] + eye[4]),  # a mixture: an unknown voice
-        "v2": unit(0.35 * eye[0] + np.sqrt(1 - 0.35**2) * eye[7]),  # alice-ish, weak
-    }
-    t = 0.3
-
-    def identify(vectors):
-        out = []
-        for x in vectors:
-            cands = sorted(
-                (Candidate(n, float(p @ x)) for n, p in prints.items()), key=lambda c: -c.score
-            )
-            best = cands[0]
-            ok = best.score >= t
-            out.append(IdentifyResult("x", best.speaker if ok else None, best.score, ok, t, cands))
-        return out
-
-    class Emb:
-        def embed_clips(self, clips):
-            return [
-                Embedding(voices[c.source].astype(np.float32), "m", c.source, 1.0, "")
-                for c in clips
-            ]
-
-    clips = {i: AudioClip(np.zeros(SR, np.float32), f"v{i}", SR, 1, "") for i in range(3)}
-    old = naming.name_voices(Emb(), clips, identify)
-    assert old[0].name is None  # the margin rule: 0.1 ahead of bob only
-    out = naming.name_voices(Emb(), clips, identify, voiceprint=prints.__getitem__)
-    assert out[0].name == "alice" and out[0].score == pytest.approx(1.0)
-    assert out[1].name is None and out[1].score == pytest.approx(1 / np.sqrt(3))
-    assert out[2].name is None and out[2].candidate == "alice"  # 0.35 < 0.3 + NAME_RAISE
-    assert out[2].score == pytest.approx(0.35)
-    w = naming.nnls(np.array([[1.0, 0.9], [0.9, 1.0]]), np.array([1.0, 0.9]))
-    assert w == pytest.approx([1.0, 0.0], abs=1e-6)
-
-
 def test_rttm_lines_follow_the_nist_format():
     res = TrackResult(
         "my meeting.wav",

@@ -4,20 +4,10 @@ Window embeddings (``windows.py``) are normalized over the whole recording, so t
 comparable with registry voiceprints. A voice is named instead from a *standard* embedding of
 its own speech, exactly as ``identify`` would embed a recording of that voice alone: up to
 ``NAME_SECONDS`` of its most typical windows (those closest to its centroid, not overlapping
-each other), concatenated, embedded by the ``Embedder``, and searched in the registry.
-
-Open-set naming by sparse representation (after Wright et al., "Robust Face Recognition via
-Sparse Representation", 2009, used for speaker identification by Naseem et al., 2010): the
-voice's embedding is written as a non-negative combination of its ``CANDIDATES`` nearest
-voiceprints (non-negative least squares). An enrolled voice is explained by its own voiceprint
-(its weight dominates, even when another voiceprint lies close to it and scores almost as
-high); an unknown voice is a mixture of several. A voice is named when the voiceprint with the
-largest weight holds at least ``CONCENTRATION`` of the weights and scores at least the threshold
-plus ``NAME_RAISE`` (the best of N impostor scores runs higher than one 1:1 trial, and a voice
-is compared with the whole registry). Without voiceprints the older rule applies: the best
-candidate reaches the threshold and leads the runner-up by ``NAME_MARGIN``. Two voices given
-the same name merge when they also verify against each other (a voice split in two); otherwise
-only the better-scoring one keeps the name.
+each other), concatenated, embedded by the ``Embedder``, and searched in the registry (open set
+at the threshold, and ``NAME_MARGIN`` ahead of the runner-up). Two voices given the same name
+merge when they also verify against each other (a voice split in two); otherwise only the
+better-scoring one keeps the name.
 """
 
 from __future__ import annotations
@@ -38,14 +28,6 @@ NAME_SECONDS = 40.0
 #: least this much (cosine): a voice about as close to two enrolled people is ambiguous, and an
 #: unknown voice is most often named wrongly that way (docs/tracking.md).
 NAME_MARGIN = 0.15
-#: Voiceprints the sparse representation uses: the voice's nearest ones (bounded work, and a
-#: weight share that does not depend on the registry's size beyond them).
-CANDIDATES = 10
-#: Share of the non-negative weights the named voiceprint must hold (dev conversations:
-#: docs/tracking.md).
-CONCENTRATION = 0.4
-#: Naming needs this much more cosine than the registry's threshold (dev conversations).
-NAME_RAISE = 0.08
 
 
 @dataclass(frozen=True)
@@ -97,42 +79,6 @@ def voice_clips(source: AudioSource, name: str, spans: dict[int, list[Span]]) ->
 
 
 Identify = Callable[[np.ndarray], Sequence]  # unit rows -> IdentifyResult per row
-Voiceprint = Callable[[str], np.ndarray]  # registry name -> its unit voiceprint
-
-
-def nnls(gram: np.ndarray, scores: np.ndarray, sweeps: int = 1000, tol: float = 1e-10):
-    """Non-negative least squares ``min ||P^T w - x||, w >= 0`` from ``gram = P P^T`` and
-    ``scores = P x`` (cyclic coordinate descent on the convex quadratic: exact at
-    convergence; a handful of rows here)."""
-    w = np.zeros(len(scores))
-    diag = np.maximum(np.diag(gram), 1e-12)
-    for _ in range(sweeps):
-        delta = 0.0
-        for i in range(len(w)):
-            new = max(0.0, w[i] - (gram[i] @ w - scores[i]) / diag[i])
-            delta = max(delta, abs(new - w[i]))
-            w[i] = new
-        if delta < tol:
-            break
-    return w
-
-
-def sparse_name(
-    x: np.ndarray, candidates: Sequence, voiceprint: Voiceprint, threshold: float
-) -> tuple[str | None, float, str]:
-    """(name or None, score, candidate) of one unit embedding against its candidates (the
-    registry's nearest voiceprints, best first): the candidate with the largest non-negative
-    weight, named when it holds ``CONCENTRATION`` of the weights and scores at least
-    ``threshold + NAME_RAISE``."""
-    names = [c.speaker for c in candidates]
-    p = np.stack([np.asarray(voiceprint(n), np.float64) for n in names])
-    p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-    s = p @ np.asarray(x, np.float64)
-    w = nnls(p @ p.T, s)
-    j = int(np.argmax(w)) if w.sum() > 0 else 0
-    share = w[j] / w.sum() if w.sum() > 0 else 0.0
-    ok = share >= CONCENTRATION and s[j] >= threshold + NAME_RAISE
-    return (names[j] if ok else None), float(s[j]), names[j]
 
 
 def name_voices(
@@ -140,12 +86,10 @@ def name_voices(
     clips: dict[int, AudioClip],
     identify: Identify | None,
     margin: float | None = None,
-    voiceprint: Voiceprint | None = None,
 ) -> dict[int, VoiceName]:
-    """Registry answers for each voice's clip (all unknown without a registry). With
-    ``voiceprint``: the sparse-representation rule (``identify`` returns up to
-    ``CANDIDATES`` candidates per row); without: the best candidate's name when it reaches the
-    threshold and leads the runner-up by ``margin`` (at least two candidates when there are)."""
+    """Registry answers for each voice's clip (all unknown without a registry): the best
+    candidate's name when it reaches the threshold and leads the runner-up by ``margin``.
+    ``identify`` must return at least two candidates per row when there are two."""
     if identify is None or not clips:
         return {v: VoiceName(None, None, None) for v in clips}
     margin = NAME_MARGIN if margin is None else margin
@@ -154,10 +98,6 @@ def name_voices(
     answers = identify(np.stack([e.vector for e in embs]))
     out = {}
     for v, r, e in zip(voices, answers, embs):
-        if voiceprint is not None and r.candidates:
-            name, score, cand = sparse_name(e.vector, r.candidates, voiceprint, r.threshold)
-            out[v] = VoiceName(name, score, cand, e.vector)
-            continue
         best = r.candidates[0].speaker if r.candidates else None
         lead = r.candidates[0].score - r.candidates[1].score if len(r.candidates) > 1 else 2.0
         name = r.speaker if r.accepted and lead >= margin else None

@@ -44,7 +44,6 @@ def decide(
     threshold: float | None,
     num_speakers: int | None = None,
     max_speakers: int = MAX_SPEAKERS,
-    voiceprint: naming.Voiceprint | None = None,
 ) -> TrackResult:
     """Voices, names and segments from an analysis (the cheap part after the embeddings)."""
     labels = voices.find_voices(an, num_speakers, max_speakers)
@@ -52,7 +51,7 @@ def decide(
     if len(labels):
         spans = naming.typical_spans(an, labels)
         clips = naming.voice_clips(source, an.source, spans)
-        names = naming.name_voices(embedder, clips, identify, voiceprint=voiceprint)
+        names = naming.name_voices(embedder, clips, identify)
         labels, names = naming.merge_same_names(labels, names, threshold)
         kept = sorted(names)
         refs = cluster.centroids(an.vectors, labels)[kept]
@@ -109,14 +108,11 @@ def track(
     num_speakers: int | None = None,
     max_speakers: int | None = None,
     on_progress: Callable[[float], None] | None = None,
-    voiceprint: naming.Voiceprint | None = None,
 ) -> TrackResult:
     """Track the voices of one recording (see the module docstring).
 
     ``identify(vectors)``: registry answers for unit embeddings (``SpeakerID``'s
-    ``identify_embeddings`` with ``naming.CANDIDATES`` candidates); without it every voice is
-    unknown (plain diarization). ``voiceprint(name)``: the registry's voiceprints, for the
-    naming rule (``naming.py``).
+    ``identify_embeddings``); without it every voice is unknown (plain diarization).
     ``on_progress(seconds)``: audio seconds done, twice the duration in all."""
     num, max_k = check_counts(num_speakers, max_speakers)
     an = analyse(source, FrameEmbedder(embedder, FRAME_STEP), on_progress=on_progress)
@@ -127,4 +123,4 @@ def track(
         an.speech_seconds,
         len(an.windows),
     )
-    return decide(an, embedder, source, identify, threshold, num, max_k, voiceprint)
+    return decide(an, embedder, source, identify, threshold, num, max_k)
