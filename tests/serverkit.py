@@ -42,8 +42,16 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 class Server:
     """``with Server(tmp, "--max-files", "4") as s: httpx.get(s.url + "/healthz")``"""
 
-    def __init__(self, workdir: Path, *args: str, db: Path | None = None, model: str = "demo"):
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        db: Path | str | None = None,
+        model: str = "demo",
+        env: dict[str, str] | None = None,
+    ):
         self.workdir = Path(workdir)
+        self.env = env or {}  # extra SPEAKERID_* settings (the rest are cleared)
         self.db = db or self.workdir / "registry.db"
         self.args = ["--db", str(self.db), "--model", model, "--port", "0", *args]
         self.home = self.workdir / "home"
@@ -62,7 +70,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "speakerid", "serve", *self.args],
             cwd=self.workdir,
-            env=env_for(self.home),
+            env=env_for(self.home, **self.env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -55,7 +55,7 @@ def stored_keys(db: str | None) -> int:
     from ..service import SpeakerID
 
     sid = SpeakerID(db=db)
-    if not sid.path.is_file():
+    if not sid.location.exists():  # a SQLite file, or a server database with the schema
         return 0
     with sid:
         return sid.api_keys().count()
