@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .audio import MIN_SECONDS, SAMPLE_RATE, AudioClip, file_sha256, load_audio, source_name
 from .errors import AudioError, AudioQualityError, DuplicateEnrollmentError, InvalidInputError
 from .results import FileError, IdentifyResult
+
+T = TypeVar("T")
 
 #: Score reported for a probe rejected without scoring (the lowest cosine).
 REJECTED_SCORE = -1.0
@@ -46,6 +49,28 @@ def probe_rejection(clip: AudioClip, min_speech: float) -> str | None:
     return f"no speech: {seconds:.2f} s of speech in {clip.source} (minimum {min_speech:.2f} s)"
 
 
+def each_file(
+    answer: Callable[[Any], T],
+    files: Sequence,
+    fail_fast: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[T | FileError]:
+    """``answer(file)`` for each file, in order. A file whose audio is bad raises its
+    ``AudioError`` when ``fail_fast``, else gets a ``FileError`` in its place, so that one bad
+    file of a batch does not cost the others their answers. ``on_progress(1)`` per file."""
+    out: list[T | FileError] = []
+    for f in files:
+        try:
+            out.append(answer(f))
+        except AudioError as exc:
+            if fail_fast:
+                raise
+            out.append(FileError(source_name(f), str(exc)))
+        if on_progress:
+            on_progress(1)
+    return out
+
+
 def load_probes(
     files: Sequence, min_speech: float, fail_fast: bool = True
 ) -> tuple[list[AudioClip | FileError], list[str | None]]:
@@ -54,17 +79,8 @@ def load_probes(
     With ``fail_fast`` off, a file that cannot be decoded gets a ``FileError`` in its place
     (and no reason) instead of raising."""
     min_speech = check_min_speech(min_speech)
-    items: list[AudioClip | FileError] = []
-    for f in files:
-        try:
-            items.append(load_audio(f))
-        except AudioError as exc:
-            if fail_fast:
-                raise
-            items.append(FileError(source_name(f), str(exc)))
-    reasons = [
-        None if isinstance(c, FileError) else probe_rejection(c, min_speech) for c in items
-    ]
+    items = each_file(load_audio, files, fail_fast)
+    reasons = [None if isinstance(c, FileError) else probe_rejection(c, min_speech) for c in items]
     return items, reasons
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from . import config
 from .binding import ModelBinding
 from .enrollment import Enrollment
-from .errors import AudioError, EmptyRegistryError, InvalidInputError
+from .errors import EmptyRegistryError, InvalidInputError
+from .gates import each_file
 from .probes import Probes
 from .quality import MIN_SPEECH_SECONDS
 from .registry.database import DatabaseURL
@@ -207,7 +208,6 @@ class SpeakerID:
         registry bound to another model than the one asked for lends no names. Files stream
         through in bounded memory; ``on_progress(seconds)`` counts each file's duration twice
         (speech detection, then embedding). ``fail_fast`` as in ``identify_many``."""
-        from .audio import source_name
         from .tracking.pipeline import check_counts, track
 
         check_counts(num_speakers, max_speakers)
@@ -220,17 +220,11 @@ class SpeakerID:
                 return self.identify_embeddings(vectors, top_k=2, threshold=t)
         elif threshold is not None:
             config.parse_threshold(threshold)
-        out: list[TrackResult | FileError] = []
-        for f in files:
-            try:
-                out.append(
-                    track(f, self.embedder, identify, t, num_speakers, max_speakers, on_progress)
-                )
-            except AudioError as exc:
-                if fail_fast:
-                    raise
-                out.append(FileError(source_name(f), str(exc)))
-        return out
+
+        def answer(f) -> TrackResult:
+            return track(f, self.embedder, identify, t, num_speakers, max_speakers, on_progress)
+
+        return each_file(answer, files, fail_fast)
 
     def enroll_voice(
         self,
@@ -315,21 +309,13 @@ class SpeakerID:
         min_speech: float = MIN_SPEECH_SECONDS,
     ) -> list[VerifyResult | FileError]:
         """``verify`` for each file, in order; ``fail_fast`` as in ``identify_many``."""
-        from .audio import source_name
-
         self.threshold(threshold, asnorm)  # bad threshold or unknown speaker: before any work
         self.registry.voiceprint(name)
-        out: list[VerifyResult | FileError] = []
-        for f in files:
-            try:
-                out.append(self.verify(name, f, threshold, asnorm, min_speech))
-            except AudioError as exc:
-                if fail_fast:
-                    raise
-                out.append(FileError(source_name(f), str(exc)))
-            if on_progress:
-                on_progress(1)
-        return out
+
+        def answer(f) -> VerifyResult:
+            return self.verify(name, f, threshold, asnorm, min_speech)
+
+        return each_file(answer, files, fail_fast, on_progress)
 
     def compare(
         self, a, b, threshold: float | None = None, min_speech: float = MIN_SPEECH_SECONDS
