@@ -11,16 +11,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .audio import AudioClip
+from .audio import SAMPLE_RATE, AudioClip, load_audio
 from .binding import ModelBinding
 from .errors import AudioQualityError, InvalidInputError, SpeakerExistsError
-from .gates import check_min_speech, gate_enrollment_files, split_enrolled
+from .gates import check_min_speech, gate_enrollment_files, gated_files, split_enrolled, trimmed
 from .quality import MIN_SPEECH_SECONDS
 from .registry.store import NewUtterance, check_name
 from .results import EnrollResult, TrackResult
@@ -30,6 +30,22 @@ Progress = Callable[[int], None]
 
 #: Most speech of one voice that ``enroll_voice`` enrolls (seconds).
 ENROLL_VOICE_SECONDS = 120.0
+#: Decoded audio that ``enroll_dir`` keeps between checking every file and embedding them
+#: (seconds, about 4 MB a minute); files beyond it are decoded again (but not gated again).
+KEEP_SECONDS = 1200.0
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """A file that passed the gate of ``enroll_dir``: its gated ``clip`` while the memory
+    budget allows, else None, and then the file is decoded again and cut to ``spans``."""
+
+    path: Path
+    spans: list[tuple[int, int]] | None
+    clip: AudioClip | None = None
+
+    def load(self) -> AudioClip:
+        return self.clip if self.clip is not None else trimmed(load_audio(self.path), self.spans)
 
 
 class Enrollment:
@@ -92,19 +108,24 @@ class Enrollment:
         lookup = self.bound.registry.enrolled_hashes if registry_exists else (lambda hashes: {})
         todo, skipped = split_enrolled(lookup, plan, errors if skip_errors else None)
         reports, accepted = {}, {}
+        budget = int(KEEP_SECONDS * SAMPLE_RATE)  # decoded samples kept between the phases
         for name, files in todo.items():  # every file is checked before any is embedded
-            clips, warnings, quality = gate_enrollment_files(
-                files, vad, force, min_speech, errors if skip_errors else None
-            )
-            accepted[name] = [Path(c.source) for c in clips]  # decoded again below: bounded
-            reports[name] = (warnings, quality)  # memory, one speaker at a time
+            warnings, quality, kept = [], [], []
+            for g in gated_files(files, vad, force, min_speech, errors if skip_errors else None):
+                warnings.extend(g.warnings)
+                quality.append(g.row)
+                keep = len(g.clip.samples) <= budget
+                budget -= len(g.clip.samples) if keep else 0
+                kept.append(_Accepted(Path(g.clip.source), g.spans, g.clip if keep else None))
+            reports[name], accepted[name] = (warnings, quality), kept
         items = []
-        for name, files in accepted.items():
+        for name in list(accepted):
+            files = accepted.pop(name)  # its clips are freed once embedded
             left_out = len(todo[name]) + len(skipped[name]) - len(files)
             if on_progress and left_out:
                 on_progress(left_out)
             if files:
-                clips = gate_enrollment_files(files, vad, True, min_speech)[0]
+                clips = [f.load() for f in files]  # one speaker's audio at a time
                 embs = self._embed(clips, force, on_progress, errors if skip_errors else None)
                 utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
                 if utts:

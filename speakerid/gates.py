@@ -12,7 +12,8 @@ Bulk enrollment also skips files already enrolled before decoding them (``split_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,13 +105,34 @@ def with_rejected(
     return out
 
 
-def enrollment_gate(
-    clip: AudioClip, vad: bool, force: bool, min_speech: float
-) -> tuple[AudioClip, list[str], dict]:
-    """Quality of one enrollment clip -> (clip, warnings, report row). Refuses too little
-    speech unless ``force``; with ``vad`` the clip is trimmed to its speech."""
-    from .quality import measure, trim_silence
-    from .vad import speech_probs
+@dataclass(frozen=True)
+class Gated:
+    """An enrollment clip that passed the gate: the ``clip`` to embed (trimmed to its speech
+    with ``vad``), its ``warnings`` and quality report ``row``, and ``spans``, the sample
+    ranges the trimming kept (None: the whole clip), so that the file can be decoded again and
+    trimmed the same way without running the VAD again (``trimmed``)."""
+
+    clip: AudioClip
+    warnings: list[str]
+    row: dict
+    spans: list[tuple[int, int]] | None = None
+
+
+def trimmed(clip: AudioClip, spans: list[tuple[int, int]] | None) -> AudioClip:
+    """``clip`` cut to ``spans`` (from ``Gated.spans``); unchanged for None."""
+    from .vad import keep_speech
+
+    if spans is None:
+        return clip
+    samples = keep_speech(clip.samples, spans)
+    return AudioClip(samples, clip.source, clip.original_sample_rate, clip.channels, clip.sha256)
+
+
+def enrollment_gate(clip: AudioClip, vad: bool, force: bool, min_speech: float) -> Gated:
+    """Quality of one enrollment clip. Refuses too little speech unless ``force``; with
+    ``vad`` the clip is trimmed to its speech (when that leaves at least ``MIN_SECONDS``)."""
+    from .quality import TRIM_PAD_MS, measure
+    from .vad import keep_speech, segments_from_probs, speech_probs
 
     probs = speech_probs(clip.samples)  # run the network once for the gate and the trimming
     q = measure(clip.samples, probs)
@@ -121,13 +143,31 @@ def enrollment_gate(
         )
     row = {"file": clip.source, **q.to_dict()}
     warnings = [f"{clip.source}: {w}" for w in q.warnings()]
-    if vad:
-        trimmed = trim_silence(clip.samples, probs)
-        if len(trimmed) >= MIN_SECONDS * SAMPLE_RATE:
-            clip = AudioClip(
-                trimmed, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
-            )
-    return clip, warnings, row
+    spans = None
+    if vad:  # the speech with TRIM_PAD_MS of context (quality.trim_silence), if enough
+        segments = segments_from_probs(probs, len(clip.samples), pad_ms=TRIM_PAD_MS)
+        if len(keep_speech(clip.samples, segments)) >= MIN_SECONDS * SAMPLE_RATE:
+            spans = segments
+    return Gated(trimmed(clip, spans), warnings, row, spans)
+
+
+def gated_files(
+    files: Sequence, vad: bool, force: bool, min_speech: float, errors: list[str] | None = None
+) -> Iterator[Gated]:
+    """Load and gate enrollment files (or decoded clips), one at a time. The first unreadable
+    or refused file raises, unless ``errors`` is given: then its message is appended there and
+    the file left out."""
+    min_speech = check_min_speech(min_speech)
+    for f in files:
+        try:
+            audio = f if isinstance(f, AudioClip) else load_audio(f)
+            gated = enrollment_gate(audio, vad, force, min_speech)
+        except AudioError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+            continue
+        yield gated
 
 
 def gate_enrollment_files(
@@ -137,24 +177,9 @@ def gate_enrollment_files(
     min_speech: float,
     errors: list[str] | None = None,
 ) -> tuple[list[AudioClip], list[str], list[dict]]:
-    """Load and gate enrollment files (or decoded clips) -> (clips, warnings, quality report).
-    The first unreadable or refused file raises, unless ``errors`` is given: then its message
-    is appended there and the file left out."""
-    min_speech = check_min_speech(min_speech)
-    clips, warnings, report = [], [], []
-    for f in files:
-        try:
-            audio = f if isinstance(f, AudioClip) else load_audio(f)
-            clip, warns, row = enrollment_gate(audio, vad, force, min_speech)
-        except AudioError as exc:
-            if errors is None:
-                raise
-            errors.append(str(exc))
-            continue
-        clips.append(clip)
-        warnings.extend(warns)
-        report.append(row)
-    return clips, warnings, report
+    """``gated_files`` all at once -> (clips, warnings, quality report)."""
+    gated = list(gated_files(files, vad, force, min_speech, errors))
+    return [g.clip for g in gated], [w for g in gated for w in g.warnings], [g.row for g in gated]
 
 
 def split_enrolled(
