@@ -25,7 +25,8 @@ from urllib.parse import quote
 
 from . import __version__, config
 from . import errors as E
-from .audio import AudioBytes, _read_bytes, source_name
+from .audio import AudioBytes, _read_bytes
+from .gates import each_file
 from .quality import MIN_SPEECH_SECONDS
 from .results import (
     Candidate,
@@ -262,17 +263,12 @@ class Client:
     ) -> list[VerifyResult | FileError]:
         """``verify`` for each file, in order; a bad file gives a ``FileError`` unless
         ``fail_fast`` (the same contract as ``SpeakerID.verify_many``)."""
-        out: list[VerifyResult | FileError] = []
-        for f in files:
-            try:
-                out.append(self.verify(name, f, threshold, asnorm, min_speech))
-            except E.AudioError as exc:
-                if fail_fast:
-                    raise
-                out.append(FileError(source_name(f), str(exc)))
-            if on_progress:
-                on_progress(1)
-        return out
+        return each_file(
+            lambda f: self.verify(name, f, threshold, asnorm, min_speech),
+            files,
+            fail_fast,
+            on_progress,
+        )
 
     def compare(
         self, a: Any, b: Any, threshold: float | None = None, min_speech: float = MIN_SPEECH_SECONDS

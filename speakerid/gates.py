@@ -12,14 +12,18 @@ Bulk enrollment also skips files already enrolled before decoding them (``split_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .audio import MIN_SECONDS, SAMPLE_RATE, AudioClip, file_sha256, load_audio, source_name
 from .errors import AudioError, AudioQualityError, DuplicateEnrollmentError, InvalidInputError
 from .results import FileError, IdentifyResult
+
+T = TypeVar("T")
 
 #: Score reported for a probe rejected without scoring (the lowest cosine).
 REJECTED_SCORE = -1.0
@@ -46,6 +50,28 @@ def probe_rejection(clip: AudioClip, min_speech: float) -> str | None:
     return f"no speech: {seconds:.2f} s of speech in {clip.source} (minimum {min_speech:.2f} s)"
 
 
+def each_file(
+    answer: Callable[[Any], T],
+    files: Sequence,
+    fail_fast: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[T | FileError]:
+    """``answer(file)`` for each file, in order. A file whose audio is bad raises its
+    ``AudioError`` when ``fail_fast``, else gets a ``FileError`` in its place, so that one bad
+    file of a batch does not cost the others their answers. ``on_progress(1)`` per file."""
+    out: list[T | FileError] = []
+    for f in files:
+        try:
+            out.append(answer(f))
+        except AudioError as exc:
+            if fail_fast:
+                raise
+            out.append(FileError(source_name(f), str(exc)))
+        if on_progress:
+            on_progress(1)
+    return out
+
+
 def load_probes(
     files: Sequence, min_speech: float, fail_fast: bool = True
 ) -> tuple[list[AudioClip | FileError], list[str | None]]:
@@ -54,17 +80,8 @@ def load_probes(
     With ``fail_fast`` off, a file that cannot be decoded gets a ``FileError`` in its place
     (and no reason) instead of raising."""
     min_speech = check_min_speech(min_speech)
-    items: list[AudioClip | FileError] = []
-    for f in files:
-        try:
-            items.append(load_audio(f))
-        except AudioError as exc:
-            if fail_fast:
-                raise
-            items.append(FileError(source_name(f), str(exc)))
-    reasons = [
-        None if isinstance(c, FileError) else probe_rejection(c, min_speech) for c in items
-    ]
+    items = each_file(load_audio, files, fail_fast)
+    reasons = [None if isinstance(c, FileError) else probe_rejection(c, min_speech) for c in items]
     return items, reasons
 
 
@@ -88,13 +105,34 @@ def with_rejected(
     return out
 
 
-def enrollment_gate(
-    clip: AudioClip, vad: bool, force: bool, min_speech: float
-) -> tuple[AudioClip, list[str], dict]:
-    """Quality of one enrollment clip -> (clip, warnings, report row). Refuses too little
-    speech unless ``force``; with ``vad`` the clip is trimmed to its speech."""
-    from .quality import measure, trim_silence
-    from .vad import speech_probs
+@dataclass(frozen=True)
+class Gated:
+    """An enrollment clip that passed the gate: the ``clip`` to embed (trimmed to its speech
+    with ``vad``), its ``warnings`` and quality report ``row``, and ``spans``, the sample
+    ranges the trimming kept (None: the whole clip), so that the file can be decoded again and
+    trimmed the same way without running the VAD again (``trimmed``)."""
+
+    clip: AudioClip
+    warnings: list[str]
+    row: dict
+    spans: list[tuple[int, int]] | None = None
+
+
+def trimmed(clip: AudioClip, spans: list[tuple[int, int]] | None) -> AudioClip:
+    """``clip`` cut to ``spans`` (from ``Gated.spans``); unchanged for None."""
+    from .vad import keep_speech
+
+    if spans is None:
+        return clip
+    samples = keep_speech(clip.samples, spans)
+    return AudioClip(samples, clip.source, clip.original_sample_rate, clip.channels, clip.sha256)
+
+
+def enrollment_gate(clip: AudioClip, vad: bool, force: bool, min_speech: float) -> Gated:
+    """Quality of one enrollment clip. Refuses too little speech unless ``force``; with
+    ``vad`` the clip is trimmed to its speech (when that leaves at least ``MIN_SECONDS``)."""
+    from .quality import TRIM_PAD_MS, measure
+    from .vad import keep_speech, segments_from_probs, speech_probs
 
     probs = speech_probs(clip.samples)  # run the network once for the gate and the trimming
     q = measure(clip.samples, probs)
@@ -105,13 +143,31 @@ def enrollment_gate(
         )
     row = {"file": clip.source, **q.to_dict()}
     warnings = [f"{clip.source}: {w}" for w in q.warnings()]
-    if vad:
-        trimmed = trim_silence(clip.samples, probs)
-        if len(trimmed) >= MIN_SECONDS * SAMPLE_RATE:
-            clip = AudioClip(
-                trimmed, clip.source, clip.original_sample_rate, clip.channels, clip.sha256
-            )
-    return clip, warnings, row
+    spans = None
+    if vad:  # the speech with TRIM_PAD_MS of context (quality.trim_silence), if enough
+        segments = segments_from_probs(probs, len(clip.samples), pad_ms=TRIM_PAD_MS)
+        if len(keep_speech(clip.samples, segments)) >= MIN_SECONDS * SAMPLE_RATE:
+            spans = segments
+    return Gated(trimmed(clip, spans), warnings, row, spans)
+
+
+def gated_files(
+    files: Sequence, vad: bool, force: bool, min_speech: float, errors: list[str] | None = None
+) -> Iterator[Gated]:
+    """Load and gate enrollment files (or decoded clips), one at a time. The first unreadable
+    or refused file raises, unless ``errors`` is given: then its message is appended there and
+    the file left out."""
+    min_speech = check_min_speech(min_speech)
+    for f in files:
+        try:
+            audio = f if isinstance(f, AudioClip) else load_audio(f)
+            gated = enrollment_gate(audio, vad, force, min_speech)
+        except AudioError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+            continue
+        yield gated
 
 
 def gate_enrollment_files(
@@ -121,24 +177,9 @@ def gate_enrollment_files(
     min_speech: float,
     errors: list[str] | None = None,
 ) -> tuple[list[AudioClip], list[str], list[dict]]:
-    """Load and gate enrollment files (or decoded clips) -> (clips, warnings, quality report).
-    The first unreadable or refused file raises, unless ``errors`` is given: then its message
-    is appended there and the file left out."""
-    min_speech = check_min_speech(min_speech)
-    clips, warnings, report = [], [], []
-    for f in files:
-        try:
-            audio = f if isinstance(f, AudioClip) else load_audio(f)
-            clip, warns, row = enrollment_gate(audio, vad, force, min_speech)
-        except AudioError as exc:
-            if errors is None:
-                raise
-            errors.append(str(exc))
-            continue
-        clips.append(clip)
-        warnings.extend(warns)
-        report.append(row)
-    return clips, warnings, report
+    """``gated_files`` all at once -> (clips, warnings, quality report)."""
+    gated = list(gated_files(files, vad, force, min_speech, errors))
+    return [g.clip for g in gated], [w for g in gated for w in g.warnings], [g.row for g in gated]
 
 
 def split_enrolled(

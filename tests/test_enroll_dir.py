@@ -178,3 +178,65 @@ def test_registry_lists_enrolled_hashes(sid, voices):
     }
     assert sid.registry.enrolled_hashes([]) == {}
     assert np.all([len(h) == 64 for h in hashes])
+
+
+@pytest.fixture
+def decode_vad_calls(monkeypatch):
+    """Sources decoded and the number of Silero VAD runs during the test."""
+    from speakerid import audio, vad
+
+    calls = {"decoded": [], "vad": 0}
+    real_decode, real_probs = audio.decode, vad.speech_probs
+
+    def decode(data, name="<bytes>"):
+        calls["decoded"].append(name)
+        return real_decode(data, name)
+
+    def speech_probs(samples):
+        calls["vad"] += 1
+        return real_probs(samples)
+
+    monkeypatch.setattr(audio, "decode", decode)
+    monkeypatch.setattr(vad, "speech_probs", speech_probs)
+    return calls
+
+
+def _stored(db):
+    from speakerid.service import SpeakerID
+
+    with SpeakerID(db=db) as sid:
+        _, vectors, names = sid.registry.all_voiceprints()
+        return names, vectors, [(u.source, u.duration) for n in names for u in sid.show(n).details]
+
+
+def test_each_file_is_decoded_and_gated_once(cli, people, decode_vad_calls, monkeypatch, tmp_path):
+    """The check of every file and the embedding share one decode and one gate (VAD) per
+    file; the second VAD run is the multi-speaker guard's on the clip it embeds. Beyond the
+    memory budget a file is decoded again, but not gated again, and enrolls the same."""
+    from speakerid import enrollment
+
+    (people / "ben" / "short.wav").unlink()
+    files = sorted(str(p) for p in people.rglob("*.wav"))
+    r = cli("enroll-dir", people, "--vad", "--json")
+    assert r.exit_code == 0, r.output
+    assert sorted(decode_vad_calls["decoded"]) == files  # was: every file twice
+    assert decode_vad_calls["vad"] == 2 * len(files)  # was 3: the gate ran twice
+
+    decode_vad_calls["decoded"].clear()
+    decode_vad_calls["vad"] = 0
+    monkeypatch.setattr(enrollment, "KEEP_SECONDS", 0.0)  # nothing kept between the phases
+    r2 = cli("enroll-dir", people, "--vad", "--json", db="budget.db")
+    assert r2.exit_code == 0, r2.output
+    assert sorted(decode_vad_calls["decoded"]) == sorted(files * 2)
+    assert decode_vad_calls["vad"] == 2 * len(files)
+    assert json.loads(r2.stdout) == json.loads(r.stdout)
+    (names, vectors, sources), (names2, vectors2, sources2) = (
+        _stored(tmp_path / "cli.db"),
+        _stored(tmp_path / "budget.db"),
+    )
+    assert names == names2 == ["ann", "ben"] and sources == sources2
+    whole = {
+        q["file"]: q["duration"] for s in json.loads(r.stdout)["speakers"] for q in s["quality"]
+    }
+    assert all(d < whole[f] - 0.2 for f, d in sources)  # trimmed by --vad in both
+    np.testing.assert_array_equal(vectors, vectors2)

@@ -17,7 +17,7 @@ import typer
 from ..config import server_url
 from ..errors import InvalidInputError
 from ..quality import MIN_SPEECH_SECONDS
-from ..results import FileError
+from ..results import EnrollResult, FileError
 from .common import (
     AsnormOpt,
     BackendOpt,
@@ -55,6 +55,41 @@ def _inputs(files: list[Path]) -> list:
     from ..audio import expand_sources
 
     return expand_sources(files, lambda: typer.get_binary_stream("stdin").read())
+
+
+def _service(db, model, device, server, backend, precision, json_out: bool):
+    """The service of a command that embeds: in-process, or the server of ``--server`` (else
+    ``$SPEAKERID_SERVER``); progress shown unless ``--json``."""
+    return open_service(
+        db,
+        model,
+        device,
+        json_mode=json_out,
+        server=server_url(server),
+        backend=backend,
+        precision=precision,
+    )
+
+
+def _warn(results: list[EnrollResult]) -> None:
+    for w in (w for r in results for w in r.warnings):
+        typer.echo(f"warning: {w}", err=True)
+
+
+def _echo_enrolled(r: EnrollResult, verb: str) -> None:
+    """``VERB NAME: N new, M utterances in total`` and a line per skipped file."""
+    typer.echo(f"{verb} {r.speaker}: {r.added} new, {plural(r.utterances, 'utterance')} in total")
+    for s in r.skipped:
+        typer.echo(f"skipped {s} (already enrolled)")
+
+
+def _exit_for(results: list) -> None:
+    """Exit 2 when any file failed, else 1 when any answered file was not accepted."""
+    answered = [r for r in results if not isinstance(r, FileError)]
+    if len(answered) < len(results):
+        raise typer.Exit(2)
+    if not all(r.accepted for r in answered):
+        raise typer.Exit(1)
 
 
 def _report_error(r) -> bool:
@@ -108,15 +143,7 @@ def enroll(
       speakerid enroll alice alice3.mp3 --append --meta team=red
     """
     with (
-        open_service(
-            db,
-            model,
-            device,
-            json_mode=json_out,
-            server=server_url(server),
-            backend=backend,
-            precision=precision,
-        ) as sid,
+        _service(db, model, device, server, backend, precision, json_out) as sid,
         progress_bar("embedding", len(files), show_progress(json_out)) as advance,
     ):
         res = sid.enroll(
@@ -129,17 +156,11 @@ def enroll(
             vad=vad,
             min_speech=min_speech,
         )
-    for w in res.warnings:
-        typer.echo(f"warning: {w}", err=True)
+    _warn([res])
     if json_out:
         emit_json(res.to_dict())
         return
-    verb = "enrolled" if res.created else "updated"
-    typer.echo(
-        f"{verb} {res.speaker}: {res.added} new, {plural(res.utterances, 'utterance')} in total"
-    )
-    for s in res.skipped:
-        typer.echo(f"skipped {s} (already enrolled)")
+    _echo_enrolled(res, "enrolled" if res.created else "updated")
 
 
 @handle_errors
@@ -188,18 +209,12 @@ def enroll_dir(
             vad=vad,
             min_speech=min_speech,
         )
-    for w in (w for r in results for w in r.warnings):
-        typer.echo(f"warning: {w}", err=True)
+    _warn(results)
     if json_out:
         emit_json({"speakers": [r.to_dict() for r in results], "errors": errors})
         return
     for r in results:
-        verb = "enrolled" if r.created else "updated" if r.added else "unchanged"
-        typer.echo(
-            f"{verb} {r.speaker}: {r.added} new, {plural(r.utterances, 'utterance')} in total"
-        )
-        for s in r.skipped:
-            typer.echo(f"skipped {s} (already enrolled)")
+        _echo_enrolled(r, "enrolled" if r.created else "updated" if r.added else "unchanged")
     for e in errors:
         typer.echo(f"skipped: {e}", err=True)
 
@@ -233,15 +248,7 @@ def identify(
     """
     sources = _inputs(files)
     with (
-        open_service(
-            db,
-            model,
-            device,
-            json_mode=json_out,
-            server=server_url(server),
-            backend=backend,
-            precision=precision,
-        ) as sid,
+        _service(db, model, device, server, backend, precision, json_out) as sid,
         progress_bar("identifying", len(sources), show_progress(json_out)) as advance,
     ):
         results = sid.identify_many(
@@ -253,7 +260,6 @@ def identify(
             fail_fast=fail_fast,
             min_speech=min_speech,
         )
-    answered = [r for r in results if not isinstance(r, FileError)]
     if json_out:
         emit_json([r.to_dict() for r in results])
     else:
@@ -266,10 +272,7 @@ def identify(
             others = ", ".join(f"{c.speaker} {c.score:.3f}" for c in r.candidates)
             answer = r.speaker if r.accepted else "unknown"
             typer.echo(f"{r.file}\t{answer}\t{r.score:.3f}\t[{others}]")
-    if len(answered) < len(results):
-        raise typer.Exit(2)
-    if not all(r.accepted for r in answered):
-        raise typer.Exit(1)
+    _exit_for(results)
 
 
 @handle_errors
@@ -302,15 +305,7 @@ def verify(
     single = len(files) == 1 and not files[0].is_dir()
     sources = _inputs(files)
     with (
-        open_service(
-            db,
-            model,
-            device,
-            json_mode=json_out,
-            server=server_url(server),
-            backend=backend,
-            precision=precision,
-        ) as sid,
+        _service(db, model, device, server, backend, precision, json_out) as sid,
         progress_bar("verifying", len(sources), show_progress(json_out) and not single) as adv,
     ):
         results = sid.verify_many(
@@ -322,7 +317,6 @@ def verify(
             fail_fast=fail_fast or single,  # one file: its error is the command's error
             min_speech=min_speech,
         )
-    answered = [r for r in results if not isinstance(r, FileError)]
     if json_out:
         emit_json(results[0].to_dict() if single else [r.to_dict() for r in results])
     else:
@@ -338,10 +332,7 @@ def verify(
                 f"{verdict}: {r.file} vs {r.speaker}: score {r.score:.3f} {op} "
                 f"threshold {r.threshold:.3f}"
             )
-    if len(answered) < len(results):
-        raise typer.Exit(2)
-    if not all(r.accepted for r in answered):
-        raise typer.Exit(1)
+    _exit_for(results)
 
 
 @handle_errors
@@ -365,15 +356,7 @@ def compare(
     Example:
       speakerid compare a.wav b.wav
     """
-    with open_service(
-        db,
-        model,
-        device,
-        json_mode=json_out,
-        server=server_url(server),
-        backend=backend,
-        precision=precision,
-    ) as sid:
+    with _service(db, model, device, server, backend, precision, json_out) as sid:
         r = sid.compare(file1, file2, threshold=threshold, min_speech=min_speech)
     if json_out:
         emit_json(r.to_dict())

@@ -1,0 +1,195 @@
+"""``Probes``: the queries of ``SpeakerID`` (identify, verify, compare) over one binding.
+
+Every probe is decoded and gated (``gates.load_probes``: too little speech is rejected unscored)
+before any is embedded; identification runs in chunks of ``PROBE_CHUNK`` files, in bounded
+memory, and a probe in which several voices speak gets no single answer (``tracking.guard``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import config
+from .binding import ModelBinding
+from .errors import EmptyRegistryError, InvalidInputError
+from .gates import REJECTED_SCORE, check_min_speech, load_probes, with_rejected
+from .quality import MIN_SPEECH_SECONDS
+from .registry.store import check_name
+from .results import Candidate, CompareResult, FileError, IdentifyResult, VerifyResult
+from .thresholds import Thresholds
+
+Progress = Callable[[int], None]
+
+#: Probes decoded (and gated) at a time by ``identify_many``.
+PROBE_CHUNK = 64
+
+
+class Probes:
+    """Scores probes against the registry of ``bound`` at the thresholds of ``thresholds``."""
+
+    def __init__(self, bound: ModelBinding, thresholds: Thresholds) -> None:
+        self.bound = bound
+        self.thresholds = thresholds
+
+    def identify_many(
+        self,
+        files: Sequence,
+        top_k: int = 1,
+        threshold: float | None = None,
+        on_progress: Progress | None = None,
+        asnorm: bool = False,
+        fail_fast: bool = True,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> list[IdentifyResult | FileError]:
+        """See ``SpeakerID.identify_many``."""
+        if top_k < 1:
+            raise InvalidInputError("top-k must be at least 1")
+        t, _ = self.thresholds.resolve(threshold, asnorm)  # validate before the costly part
+        self.require_speakers()
+        min_speech = check_min_speech(min_speech)
+        files = list(files)
+        out: list[IdentifyResult | FileError] = []
+        parts = [files[i : i + PROBE_CHUNK] for i in range(0, len(files), PROBE_CHUNK)]
+
+        def load(part: list) -> tuple[list, list]:
+            return load_probes(part, min_speech, fail_fast=fail_fast)
+
+        # bounded memory for large folders; the next chunk is decoded and gated (VAD) on a
+        # background thread while the network embeds this one
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, parts[0]) if parts else None
+            for k in range(len(parts)):
+                items, reasons = pending.result()
+                if k + 1 < len(parts):
+                    pending = pool.submit(load, parts[k + 1])
+                kept = [c for c, r in zip(items, reasons) if r is None and not _failed(c)]
+                found = []
+                if kept:
+                    from .tracking.guard import embed_checked
+
+                    # the guard compares cosines
+                    raw_t = self.thresholds.resolve()[0] if asnorm else t
+                    embs, checks = embed_checked(self.bound.embedder, kept, raw_t, on_progress)
+                    found = self.identify_embeddings(
+                        np.stack([e.vector for e in embs]),
+                        top_k,
+                        threshold,
+                        [e.source for e in embs],
+                        asnorm,
+                    )
+                    found = [  # several voices: no single answer (see tracking.guard)
+                        IdentifyResult(
+                            r.file, None, REJECTED_SCORE, False, t, [],
+                            f"{c.message(r.file)}; use speakerid track to see who speaks when",
+                        ) if c.several else r
+                        for r, c in zip(found, checks)
+                    ]  # fmt: skip
+                for _ in range(len(items) - len(kept) if on_progress else 0):
+                    on_progress(1)  # failed or rejected files count as done, one by one
+                out.extend(with_rejected(found, items, reasons, t))
+        return out
+
+    def identify_embeddings(
+        self,
+        vectors: np.ndarray,
+        top_k: int = 1,
+        threshold: float | None = None,
+        sources: Sequence[str] | None = None,
+        asnorm: bool = False,
+    ) -> list[IdentifyResult]:
+        """See ``SpeakerID.identify_embeddings``."""
+        if top_k < 1:
+            raise InvalidInputError("top-k must be at least 1")
+        if threshold is not None:
+            config.parse_threshold(threshold, asnorm)  # bad input fails before any work
+        registry = self.bound.registry
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        cands = registry.search(vectors, top_k if not asnorm else max(top_k, 20))
+        # the registry row the search just read (one query for both)
+        t, _ = self.thresholds.resolve(threshold, asnorm, lambda: registry.last_binding)
+        if asnorm:
+            cands = self._asnorm_candidates(vectors, cands, top_k)
+        out = []
+        for i, c in enumerate(cands):
+            best = c[0].score if c else -1.0
+            ok = bool(c) and best >= t
+            src = sources[i] if sources else f"<embedding {i}>"
+            out.append(IdentifyResult(src, c[0].speaker if ok else None, best, ok, t, c))
+        return out
+
+    def _cohort(self) -> tuple[np.ndarray, list[str]]:
+        _, vecs, names = self.bound.registry.all_voiceprints()
+        if len(names) < 3:
+            raise InvalidInputError("AS-Norm needs at least 3 enrolled speakers as cohort")
+        return vecs, names
+
+    def _asnorm_candidates(self, q: np.ndarray, cands, top_k: int):
+        """Re-rank raw candidates by AS-Norm, the same rule as ``verify`` (scoring.py)."""
+        from .scoring import registry_asnorm
+
+        cohort, names = self._cohort()
+        flat = [(qi, c.speaker) for qi, row in enumerate(cands) for c in row]
+        if not flat:
+            return [[] for _ in cands]
+        norm = registry_asnorm(cohort, names, [name for _, name in flat], q[[qi for qi, _ in flat]])
+        out: list[list[Candidate]] = [[] for _ in cands]
+        for (qi, name), score in zip(flat, norm):
+            out[qi].append(Candidate(name, float(score)))
+        return [sorted(row, key=lambda c: -c.score)[:top_k] for row in out]
+
+    def verify(
+        self,
+        name: str,
+        audio,
+        threshold: float | None = None,
+        asnorm: bool = False,
+        min_speech: float = MIN_SPEECH_SECONDS,
+    ) -> VerifyResult:
+        """See ``SpeakerID.verify``."""
+        t, _ = self.thresholds.resolve(threshold, asnorm)
+        voiceprint = self.bound.registry.voiceprint(name)  # unknown speaker: before embedding
+        clips, reasons = load_probes([audio], min_speech)
+        if reasons[0]:
+            return VerifyResult(
+                check_name(name), clips[0].source, REJECTED_SCORE, t, False, reasons[0]
+            )
+        emb = self.bound.embedder.embed_many(clips)[0]
+        score = _cosine(voiceprint, emb.vector)
+        if asnorm:
+            from .scoring import registry_asnorm
+
+            cohort, names = self._cohort()
+            score = float(registry_asnorm(cohort, names, [check_name(name)], emb.vector)[0])
+        return VerifyResult(check_name(name), emb.source, score, t, score >= t)
+
+    def compare(
+        self, a, b, threshold: float | None = None, min_speech: float = MIN_SPEECH_SECONDS
+    ) -> CompareResult:
+        """See ``SpeakerID.compare``."""
+        self.bound.registry_free()
+        t, _ = self.thresholds.resolve(threshold)
+        clips, reasons = load_probes([a, b], min_speech)
+        if any(reasons):
+            why = "; ".join(r for r in reasons if r)
+            return CompareResult(clips[0].source, clips[1].source, REJECTED_SCORE, t, False, why)
+        ea, eb = self.bound.embedder.embed_many(clips)
+        score = _cosine(ea.vector, eb.vector)
+        return CompareResult(ea.source, eb.source, score, t, score >= t)
+
+    def require_speakers(self) -> None:
+        if self.bound.registry.is_empty():
+            raise EmptyRegistryError(
+                "the registry is empty: enroll speakers first (speakerid enroll NAME FILE...)"
+            )
+
+
+def _failed(item) -> bool:
+    return isinstance(item, FileError)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of unit vectors, clipped to [-1, 1] against float rounding."""
+    return min(1.0, max(-1.0, float(a @ b)))
