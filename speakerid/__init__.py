@@ -14,9 +14,20 @@ config.bound_openmp_spinning()  # before torch is imported (docs/performance.md,
 
 __version__ = "0.1.0"
 
-__all__ = ["Embedder", "Embedding", "AudioClip", "load_audio", "errors", "__version__"]
+__all__ = [
+    "SpeakerID",
+    "Client",
+    "Embedder",
+    "Embedding",
+    "AudioClip",
+    "load_audio",
+    "errors",
+    "__version__",
+]
 
 _LAZY = {
+    "SpeakerID": ("speakerid.service", "SpeakerID"),
+    "Client": ("speakerid.client", "Client"),
     "Embedder": ("speakerid.embedder", "Embedder"),
     "Embedding": ("speakerid.embedder", "Embedding"),
     "AudioClip": ("speakerid.audio", "AudioClip"),
@@ -25,7 +36,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .audio import AudioClip, load_audio
+    from .client import Client
     from .embedder import Embedder, Embedding
+    from .service import SpeakerID
 
 
 def __getattr__(name: str) -> Any:

@@ -312,15 +312,11 @@ class Client:
     ) -> list[TrackResult | FileError]:
         """``track`` for each file, in order (one request each); a bad file gives a
         ``FileError`` unless ``fail_fast`` (the contract of ``SpeakerID.track_many``)."""
-        out: list[TrackResult | FileError] = []
-        for f in files:
-            try:
-                out.append(self.track(f, threshold, num_speakers, max_speakers, on_progress))
-            except E.AudioError as exc:
-                if fail_fast:
-                    raise
-                out.append(FileError(source_name(f), str(exc)))
-        return out
+        return each_file(
+            lambda f: self.track(f, threshold, num_speakers, max_speakers, on_progress),
+            files,
+            fail_fast,
+        )
 
     def embed(self, files: Sequence) -> list[dict[str, Any]]:
         """``embed --json`` rows: ``{"file", "model", "dim", "embedding"}``."""
