@@ -238,6 +238,33 @@ def test_a_failed_write_logs_nothing(db_url, tiny_ckpt):
         assert [s.name for s in sid.list()] == ["a"]
 
 
+def _analyzed_rows(db) -> float | None:
+    """What the planner believes the speakers table holds (None: never analyzed)."""
+    with db.engine.connect() as c:
+        if db.backend == "postgresql":
+            n = c.execute(text("select reltuples from pg_class where relname = 'speakers'"))
+            n = n.scalar()
+            return None if n < 0 else n
+        if c.execute(text("select name from sqlite_master where name = 'sqlite_stat1'")).first():
+            row = c.execute(text("select stat from sqlite_stat1 where tbl = 'speakers'")).first()
+            return float(row[0].split()[0]) if row else None
+        return None
+
+
+def test_a_bulk_write_refreshes_the_planner_statistics(db_url, tiny_ckpt, monkeypatch, caplog):
+    monkeypatch.setattr(database_mod, "BULK_ROWS", 4)
+    vecs = unit_rows(7, seed=34)
+    with SpeakerID(db=db_url, model=tiny_ckpt) as sid:
+        sid.import_embeddings(["a", "b", "c"], vecs[:3])  # below the bulk size: left to autovacuum
+        assert _analyzed_rows(sid.registry.db) is None
+        with caplog.at_level("INFO", logger="speakerid"):
+            sid.import_embeddings(["d", "e", "f", "g"], vecs[3:])
+        assert _analyzed_rows(sid.registry.db) == 7
+        sql = "VACUUM (ANALYZE)" if db_url.startswith("postgresql") else "ANALYZE"
+        assert f"{sql} after a bulk write" in caplog.text
+        assert [s.name for s in sid.list()] == list("abcdefg")
+
+
 # --- PostgreSQL locking ----------------------------------------------------------------------
 def test_writes_serialize_in_the_database_and_readers_never_wait(
     pg_url, tiny_ckpt, monkeypatch, tmp_path, isolated_home

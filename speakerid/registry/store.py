@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..results import Candidate, EnrollResult, IndexReport, SpeakerInfo, UtteranceInfo
 from .cache import Changes, Head, IndexCache
+from . import database
 from .database import Database, DatabaseURL
 from .index import VectorIndex
 from .schema import Change, RegistryRow, Speaker, Utterance, utcnow
@@ -287,6 +288,7 @@ class Registry:
                 self._log_changes(s, ids, removed)
         if ids or removed:
             self.cache.after_write()
+        self._after_bulk(len(ids) + len(removed))
         return report
 
     def checksum(self) -> str:
@@ -320,6 +322,7 @@ class Registry:
                 self._log_changes(s, ids, [])
         if ids:
             self.cache.after_write()
+        self._after_bulk(len(ids))
         return want
 
     # --- reads -----------------------------------------------------------------------------
@@ -503,7 +506,13 @@ class Registry:
                 self._log_changes(s, list(upserts), [])
         if upserts:
             self.cache.after_write()
+        self._after_bulk(len(upserts))
         return results
+
+    def _after_bulk(self, speakers: int) -> None:
+        """A write of many speakers leaves the planner's statistics stale: refresh them."""
+        if speakers >= database.BULK_ROWS:
+            self.db.refresh_statistics()
 
     @staticmethod
     def _existing_names(s: Session, names: list[str]) -> set[str]:
