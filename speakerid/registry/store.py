@@ -36,8 +36,8 @@ from ..errors import (
     SpeakerNotFoundError,
 )
 from ..results import Candidate, EnrollResult, IndexReport, SpeakerInfo, UtteranceInfo
-from .cache import Changes, Head, IndexCache
 from . import database
+from .cache import Changes, Head, IndexCache
 from .database import Database, DatabaseURL
 from .index import VectorIndex
 from .schema import Change, RegistryRow, Speaker, Utterance, utcnow
