@@ -203,7 +203,7 @@ class FrameNetwork:
     ``tracking.windows.FrameEmbedder`` needs, without torch."""
 
     def __init__(self, onnx_path: Path, head_path: Path, threads: int | None = None) -> None:
-        self.trunk = OnnxNetwork(onnx_path, threads, output="frames")
+        self.trunk = OnnxNetwork(onnx_path, threads, output="frames", keep_optimized=True)
         try:
             with np.load(head_path) as data:
                 self.head = {k: data[k] for k in data.files}
@@ -255,19 +255,25 @@ class OnnxNetwork:
     """An ONNX Runtime session that takes and returns what the PyTorch module does."""
 
     def __init__(
-        self, path: str | os.PathLike, threads: int | None = None, output: str = "emb"
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        output: str = "emb",
+        keep_optimized: bool = False,
     ) -> None:
-        ort = _require("onnxruntime")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or _default_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        """``keep_optimized``: keep ONNX Runtime's optimized graph beside ``path`` and start
+        from it next time (``ort_session``: ~40 % less session start-up; cache entries)."""
+        from .ort_session import open_session
+
+        _require("onnxruntime")
+        path = Path(path)
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = open_session(
+                path, threads or _default_threads(), path.parent if keep_optimized else None
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"{path}: cannot load ONNX model ({exc})") from exc
-        self.path = Path(path)
+        self.path = path
         self.output = output
         out = self.session.get_outputs()[0]
         shape = out.shape
@@ -324,7 +330,7 @@ def load_cached(
             log.warning("%s was made from another checkpoint; exporting again", path)
             return None
     try:
-        return OnnxNetwork(path, threads)
+        return OnnxNetwork(path, threads, keep_optimized=True)
     except ModelError as exc:
         log.warning("%s; exporting again", exc)
         return None
@@ -356,7 +362,7 @@ def load_or_export(
             export_frames(model, sha256)  # window embeddings (multi-speaker guard, track)
         if precision == "int8":
             path = quantize_int8(path, cache_path(sha256, precision))
-    return OnnxNetwork(path, threads)
+    return OnnxNetwork(path, threads, keep_optimized=True)
 
 
 def agreement(model: ERes2NetV2, network: OnnxNetwork, seed: int = 0) -> float:

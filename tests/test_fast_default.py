@@ -346,3 +346,42 @@ def test_exported_embedding_layers_equal_pytorch_with_two_layers(tmp_path, monke
     pooled = np.concatenate([out.mean(axis=1), np.sqrt(out.var(axis=1, ddof=1) + 1e-8)])
     got = frames.project(pooled[None])[0]
     assert float(np.abs(got - want[0]).max()) < 1e-4 * float(np.abs(want).max())
+
+
+def test_sessions_start_from_a_cached_optimized_graph(tiny_ckpt, tmp_path, monkeypatch):
+    """The optimized graph is saved once and loaded with the optimizer off: same outputs bit
+    for bit; a copy from another source file (re-export) or a damaged one is never used."""
+    import onnxruntime as ort
+
+    from speakerid.ort_session import open_session, optimized_path
+
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
+    source = onnx_backend.cache_path(Embedder(tiny_ckpt).sha256)
+    fast = optimized_path(source, source.parent)
+    assert fast.is_file() and fast.name.startswith(source.stem + ".ort-")  # made by the first use
+    x = np.random.default_rng(0).standard_normal((1, 230, 80)).astype(np.float32)
+    plain = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    want = plain.run(None, {"feats": x})[0]
+    cached = open_session(source, 1, source.parent)
+    assert cached._model_path == str(fast)  # loaded from the copy
+    assert np.array_equal(cached.run(None, {"feats": x})[0], want)
+    fast.write_bytes(b"not onnx")  # damaged: optimized again, the copy replaced
+    assert np.array_equal(open_session(source, 1, source.parent).run(None, {"feats": x})[0], want)
+    assert fast.stat().st_size > 1000
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    renewed = optimized_path(source, source.parent)  # another export: another key
+    assert renewed != fast
+    open_session(source, 1, source.parent)
+    assert renewed.is_file() and not fast.exists()  # the stale copy is removed
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a cache folder that cannot be made (root ignores permissions)
+    got = open_session(source, 1, blocker / "sub").run(None, {"feats": x})[0]
+    assert np.array_equal(got, want)  # no copy kept, same session
+    from speakerid import vad
+
+    vad._session.cache_clear()
+    try:  # the Silero VAD keeps its optimized graph in the same cache
+        vad._session()
+        assert list((tmp_path / "cache" / "onnx").glob("silero_vad.ort-*.onnx"))
+    finally:
+        vad._session.cache_clear()
