@@ -190,6 +190,8 @@ class Embedder:
         self.backend = choose_backend(requested, on_cpu)
         self._model = None
         self._onnx = None
+        self._on_prepare = on_prepare
+        self._frames: Any = None
         if self.backend == "onnx":
             # same weights, same embeddings: the registry's model identity does not change.
             # A cached export loads without torch; otherwise it is exported now (once).
@@ -230,6 +232,28 @@ class Embedder:
             log.warning("cannot export to ONNX (%s): using the slower PyTorch backend", exc)
             self.backend = "torch"
             return None
+
+    def frame_network(self):
+        """The trunk + embedding layer on ONNX Runtime (``onnx_backend.FrameNetwork``) for
+        window embeddings, loaded once; None on the PyTorch backend or, with one log line,
+        when it cannot be exported here (the windows then run on PyTorch)."""
+        if self.backend != "onnx":
+            return None
+        if self._frames is None:
+            from .onnx_backend import load_frames
+
+            try:
+                self._frames = load_frames(
+                    lambda: weights.load_model(self.path),
+                    self.sha256,
+                    self._on_prepare,
+                    self.name,
+                    threads=self.threads,
+                )
+            except (OnnxUnavailableError, OSError) as exc:
+                log.warning("cannot export the trunk to ONNX (%s): windows run on PyTorch", exc)
+                self._frames = False
+        return self._frames or None
 
     @property
     def device(self) -> torch.device:

@@ -142,7 +142,7 @@ def povey_window() -> np.ndarray:
     return ((0.5 - 0.5 * np.cos(2 * math.pi * n / (WINDOW - 1))) ** 0.85).astype(np.float32)
 
 
-def fbank_numpy(samples: np.ndarray) -> np.ndarray:
+def fbank_numpy(samples: np.ndarray, subtract_mean: bool = True) -> np.ndarray:
     """:func:`fbank` without torch: ``[T, 80]`` float32 from 16 kHz samples in [-1, 1].
 
     Kaldi's steps in torchaudio's order and precision (float32): snip_edges framing, DC removal
@@ -151,6 +151,8 @@ def fbank_numpy(samples: np.ndarray) -> np.ndarray:
     FFT differs (numpy's pocketfft vs PyTorch's), so the two agree to float32 rounding: ~5e-5 on
     the official fixtures; on real speech up to ~2e-3 in near-silent mel bins, which is the
     size of torchaudio's own float32 error there (its float32 vs float64 result: 1.6e-3).
+    ``subtract_mean=False``: the log-mel frames as they are (window embeddings subtract a mean
+    of their own).
     """
     x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
     n = num_frames(x.shape[0])
@@ -165,4 +167,4 @@ def fbank_numpy(samples: np.ndarray) -> np.ndarray:
     spec = np.fft.rfft(frames, n=PADDED_WINDOW)  # complex64 for float32 input (numpy >= 2)
     power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32, copy=False)
     feats = np.log(np.maximum(power @ mel_banks(), np.finfo(np.float32).eps))
-    return feats - feats.mean(axis=0, keepdims=True)
+    return feats - feats.mean(axis=0, keepdims=True) if subtract_mean else feats

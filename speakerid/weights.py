@@ -14,9 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +193,8 @@ def manual_install_hint(model: KnownModel) -> str:
 
 
 def _check_url(url: str) -> None:
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
@@ -210,6 +209,9 @@ def download_file(
     timeout: float = 30.0,
 ) -> str:
     """Fetch ``url`` into ``dest`` atomically; verify ``sha256`` when given. Returns the digest."""
+    import urllib.error  # here, not at import: one-shot commands never download (~13 ms)
+    import urllib.request
+
     _check_url(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)

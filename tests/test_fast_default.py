@@ -13,16 +13,17 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
 from speakerid import errors, onnx_backend
-from speakerid.audio import load_audio
+from speakerid.audio import AudioClip, load_audio
 from speakerid.cli import app
 from speakerid.embedder import Embedder, choose_backend
 from speakerid.features import fbank_numpy
 from speakerid.resample import resample
 
-from .conftest import ROOT, VOICE_CLIPS, real_speech, wav_bytes
+from .conftest import CLIPS, ROOT, VOICE_CLIPS, real_speech, wav_bytes
 
 runner = CliRunner()
 
@@ -46,8 +47,14 @@ def test_default_backend_on_cpu_is_onnx_runtime_exported_once_with_metadata(
     assert meta["sha256"] == emb.sha256 and meta["dim"] == 192
     assert meta["config"]["m_channels"] == emb.model.config.m_channels
     assert told == ["preparing tiny for ONNX Runtime (first use only; cached afterwards)"]
+    # the trunk (window embeddings: multi-speaker guard, track) is exported with the model
+    assert all(p.is_file() for p in onnx_backend.frames_paths(emb.sha256))
     again = Embedder(tiny_ckpt, on_prepare=preparing)
     assert again.backend == "onnx" and len(told) == 1  # cached: nothing to prepare
+    for p in onnx_backend.frames_paths(emb.sha256):  # a cache from before the trunk export
+        p.unlink()
+    assert again.frame_network() is not None and len(told) == 2  # exported when first needed
+    assert all(p.is_file() for p in onnx_backend.frames_paths(emb.sha256))
 
 
 def test_export_cache_defaults_to_the_home(monkeypatch, isolated_home):
@@ -116,6 +123,11 @@ def test_one_shot_commands_with_a_cached_export_never_import_torch(tiny_ckpt, tm
     for i in range(4):
         files.append(tmp_path / f"v{i}.wav")
         files[-1].write_bytes(wav_bytes(real_speech(i)))
+    # one voice, > 4 s of speech: enroll and identify run the multi-speaker guard on it
+    # (window embeddings from the network's trunk), track embeds its windows the same way
+    long = tmp_path / "long.wav"
+    one_voice = [sf.read(p, dtype="float32")[0] for p in sorted(CLIPS.glob("so0003/*.opus"))]
+    long.write_bytes(wav_bytes(np.concatenate(one_voice)))
     # a 44.1 kHz probe: resampled on the torch-free path too
     probe = tmp_path / "probe.flac"
     probe.write_bytes(wav_bytes(resample(real_speech(0), 16000, 44100), 44100, fmt="FLAC"))
@@ -128,6 +140,9 @@ def test_one_shot_commands_with_a_cached_export_never_import_torch(tiny_ckpt, tm
         ["identify", str(probe), str(files[2]), "--db", db, "--json"],
         ["compare", str(files[2]), str(files[3]), "--model", str(tiny_ckpt)],
         ["embed", str(probe), "--model", str(tiny_ckpt), "--json"],
+        ["enroll", "carol", str(long), "--db", db],
+        ["identify", str(long), "--db", db, "--json"],
+        ["track", str(long), "--db", db, "--json"],
     ]
     script = textwrap.dedent(
         f"""
@@ -152,7 +167,9 @@ def test_one_shot_commands_with_a_cached_export_never_import_torch(tiny_ckpt, tm
     assert out["torch"] == []
     assert out["codes"][0] == 0  # alice's own voice, resampled from 44.1 kHz
     assert out["codes"][1] in (0, 1) and out["codes"][2] in (0, 1) and out["codes"][3] == 0
+    assert out["codes"][4:] == [0, 0, 0], proc.stdout + proc.stderr
     assert "accepted: " in proc.stdout and '"embedding"' in proc.stdout
+    assert "enrolled carol" in proc.stdout and '"speaker": "carol"' in proc.stdout
 
 
 @pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000])
@@ -265,6 +282,106 @@ def test_model_export_onnx_fills_the_backend_cache(tiny_ckpt, tmp_path, monkeypa
     path = onnx_backend.cache_path(json.loads(res.stdout)["sha256"])
     assert json.loads(res.stdout)["onnx"] == str(path)
     assert json.loads(path.with_suffix(".json").read_text())["dim"] == 192
+    assert all(p.is_file() for p in onnx_backend.frames_paths(json.loads(res.stdout)["sha256"]))
     told = []
     Embedder(tiny_ckpt, on_prepare=lambda m: told.append(m) or nullcontext())
     assert told == []  # already prepared
+
+
+def _one_voice() -> np.ndarray:
+    """~9 s of one speaker (so0003's clips in data/clips)."""
+    return np.concatenate([sf.read(p, dtype="float32")[0] for p in sorted(CLIPS.glob("so0003/*"))])
+
+
+def test_window_embeddings_on_onnx_runtime_equal_the_pytorch_trunk(tiny_ckpt, tmp_path):
+    """The multi-speaker guard and track embed windows through the exported trunk (no torch)
+    with the same result as the PyTorch trunk: whole clips, windows at the network's frame
+    rate and at track's, normalized by a given mean or their own, and a streamed analysis."""
+    from speakerid.tracking import windows as w
+
+    onnx, torch_ = Embedder(tiny_ckpt), Embedder(tiny_ckpt, backend="torch")
+    x = np.concatenate([_one_voice(), real_speech(1)])  # two voices, 13 s
+    spans = w.layout([(0, 4 * 16000), (5 * 16000, len(x))])
+    for step in (1, w.FRAME_STEP):
+        fo, ft = w.FrameEmbedder(onnx, step), w.FrameEmbedder(torch_, step)
+        assert fo.network is not None and ft.network is None
+        mean = ft.raw_fbank(x).astype(np.float64).mean(axis=0)
+        for ref in (mean, None):
+            a, b = fo.embed_block(x, spans, ref), ft.embed_block(x, spans, ref)
+            assert a.shape == b.shape == (len(spans), 192)
+            assert float(np.sum(a * b, axis=1).min()) > 0.99999
+            # the tiny random-ish fixture amplifies the fbank's float32 differences (numpy vs
+            # torchaudio): 2-4e-4 here, 2e-5 with the same fbank; the m32 asset: 3e-6
+            assert float(np.abs(a - b).max()) < 1e-3
+    _, whole = w.FrameEmbedder(onnx).whole(x)
+    clip = AudioClip(x, "x", 16000, 1, "")
+    assert float(whole @ torch_.embed_clips([clip])[0].vector) > 0.99999
+    f = tmp_path / "x.wav"
+    f.write_bytes(wav_bytes(x))
+    a, b = (w.analyse(f, w.FrameEmbedder(e, w.FRAME_STEP)) for e in (onnx, torch_))
+    assert a.speech == b.speech and np.array_equal(a.windows, b.windows) and len(a.windows) > 8
+    assert float(np.sum(a.vectors * b.vectors, axis=1).min()) > 0.99999
+
+
+def test_exported_embedding_layers_equal_pytorch_with_two_layers(tmp_path, monkeypatch):
+    import torch
+
+    from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    cfg = ERes2NetV2Config(m_channels=8, base_width=8, num_blocks=(1, 1, 1, 1), two_emb_layer=True)
+    net = ERes2NetV2(cfg)
+    net.seg_bn_1.running_mean.uniform_(-0.5, 0.5)
+    net.seg_bn_1.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    onnx_backend.export_frames(net, "ab" * 32)
+    frames = onnx_backend.FrameNetwork(*onnx_backend.frames_paths("ab" * 32))
+    assert frames.dim == 192
+    feats = torch.randn(1, 300, 80)
+    with torch.inference_mode():
+        want = net(feats).numpy()
+    out = frames.frames(feats[0].numpy()).astype(np.float64)
+    assert out.shape == (net.seg_1.in_features // 2, 300 // 8 + 1)
+    pooled = np.concatenate([out.mean(axis=1), np.sqrt(out.var(axis=1, ddof=1) + 1e-8)])
+    got = frames.project(pooled[None])[0]
+    assert float(np.abs(got - want[0]).max()) < 1e-4 * float(np.abs(want).max())
+
+
+def test_sessions_start_from_a_cached_optimized_graph(tiny_ckpt, tmp_path, monkeypatch):
+    """The optimized graph is saved once and loaded with the optimizer off: same outputs bit
+    for bit; a copy from another source file (re-export) or a damaged one is never used."""
+    import onnxruntime as ort
+
+    from speakerid.ort_session import open_session, optimized_path
+
+    monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
+    source = onnx_backend.cache_path(Embedder(tiny_ckpt).sha256)
+    fast = optimized_path(source, source.parent)
+    assert fast.is_file() and fast.name.startswith(source.stem + ".ort-")  # made by the first use
+    x = np.random.default_rng(0).standard_normal((1, 230, 80)).astype(np.float32)
+    plain = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    want = plain.run(None, {"feats": x})[0]
+    cached = open_session(source, 1, source.parent)
+    assert cached._model_path == str(fast)  # loaded from the copy
+    assert np.array_equal(cached.run(None, {"feats": x})[0], want)
+    fast.write_bytes(b"not onnx")  # damaged: optimized again, the copy replaced
+    assert np.array_equal(open_session(source, 1, source.parent).run(None, {"feats": x})[0], want)
+    assert fast.stat().st_size > 1000
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    renewed = optimized_path(source, source.parent)  # another export: another key
+    assert renewed != fast
+    open_session(source, 1, source.parent)
+    assert renewed.is_file() and not fast.exists()  # the stale copy is removed
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a cache folder that cannot be made (root ignores permissions)
+    got = open_session(source, 1, blocker / "sub").run(None, {"feats": x})[0]
+    assert np.array_equal(got, want)  # no copy kept, same session
+    from speakerid import vad
+
+    vad._session.cache_clear()
+    try:  # the Silero VAD keeps its optimized graph in the same cache
+        vad._session()
+        assert list((tmp_path / "cache" / "onnx").glob("silero_vad.ort-*.onnx"))
+    finally:
+        vad._session.cache_clear()

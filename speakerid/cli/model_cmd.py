@@ -162,6 +162,8 @@ def export_onnx(
         onnx_backend.cache_path(resolved.sha256) if cached else output,
         resolved.sha256 if cached else None,
     )
+    if cached:  # and the trunk (window embeddings: multi-speaker guard, track)
+        onnx_backend.export_frames(net, resolved.sha256)
     cosine = onnx_backend.agreement(net, onnx_backend.OnnxNetwork(dest))
     data = {
         "name": resolved.name,

@@ -131,7 +131,7 @@ def embed_checked(
             short, embedder.embed_many([clips[i] for i in short], on_progress=on_progress)
         ):
             embs[i] = e
-    fe = None  # built only for a clip long enough to check (it runs the PyTorch trunk)
+    fe = None  # built only for a clip long enough to check (it loads the trunk)
     for i, clip in enumerate(clips):
         if seconds[i] < MIN_SPEECH:
             continue

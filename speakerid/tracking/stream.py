@@ -2,10 +2,11 @@
 
 The same decoders and rules as :func:`speakerid.audio.load_audio` (libsndfile first, then FFmpeg
 through PyAV; int16 / 32768; channels averaged; other rates resampled with torchaudio's default
-sinc resampler), but the file is never held decoded as a whole: an hour of 48 kHz stereo would
-be 1.4 GB of float32. Resampling runs on overlapping slices whose start is aligned to the rate
-ratio, so the stitched output equals resampling the whole signal at once (the kernel only reads
-a few dozen input samples on each side; we keep ``_MARGIN`` of context).
+sinc resampler, restated in numpy by ``speakerid.resample``), but the file is never held
+decoded as a whole: an hour of 48 kHz stereo would be 1.4 GB of float32. Resampling runs on
+overlapping slices whose start is aligned to the rate ratio, so the stitched output equals
+resampling the whole signal at once (the kernel only reads a few dozen input samples on each
+side; we keep ``_MARGIN`` of context).
 """
 
 from __future__ import annotations
@@ -48,11 +49,9 @@ class Resampler:
         self.emitted = 0  # output samples returned
 
     def _resample(self, x: np.ndarray) -> np.ndarray:
-        import torch
-        import torchaudio.functional as AF
+        from ..resample import resample  # torchaudio's resampler without torch
 
-        y = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), self.rate, SAMPLE_RATE)
-        return y.numpy().astype(np.float32, copy=False)
+        return resample(x, self.rate, SAMPLE_RATE)
 
     def _emit(self, upto: int, final: bool) -> np.ndarray:
         """Output samples ``[emitted, upto)`` from the buffered input."""

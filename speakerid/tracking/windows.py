@@ -100,19 +100,38 @@ def blocks(segments: list[Span], block: float = BLOCK_SECONDS) -> list[list[Span
 
 
 class FrameEmbedder:
-    """Window embeddings from one trunk pass per block, with an ``Embedder``'s model."""
+    """Window embeddings from one trunk pass per block, with an ``Embedder``'s model on the
+    embedder's backend: ONNX Runtime (the trunk exported beside the model's export, the
+    embedding layer in numpy, no torch) or PyTorch."""
 
     def __init__(self, embedder, step: int = 1) -> None:
         self.embedder = embedder
-        self.model = embedder.model
         self.dim = embedder.dim
-        self.device = next(self.model.parameters()).device
         #: Every ``step``-th fbank frame goes through the trunk (1: all, the network's own rate).
         self.step = step
+        frame_network = getattr(embedder, "frame_network", None)
+        self.network = frame_network() if frame_network else None
+        if self.network is None:  # the PyTorch backend (or no trunk export possible)
+            self.model = embedder.model
+            self.device = next(self.model.parameters()).device
+
+    def raw_fbank(self, samples: np.ndarray) -> np.ndarray:
+        """float32 ``[T, 80]`` Kaldi fbank without the mean subtraction, by the front end of
+        the backend (numpy for ONNX Runtime, torchaudio for PyTorch)."""
+        if self.network is not None:
+            from ..features import fbank_numpy
+
+            return fbank_numpy(samples, subtract_mean=False)
+        return raw_fbank(samples).numpy()
 
     def frames(self, samples: np.ndarray, mean: np.ndarray | None = None):
         """The trunk's output ``[channels * bands, frames]`` (float64) for 16 kHz samples,
         fbank normalized by ``mean`` (default: their own mean, as ``features.fbank``)."""
+        if self.network is not None:
+            feats = self.raw_fbank(samples)
+            ref = feats.mean(axis=0, keepdims=True) if mean is None else mean[None]
+            x = feats[:: self.step] - np.asarray(ref, dtype=np.float32)
+            return self.network.frames(x).astype(np.float64)
         import torch
         import torch.nn.functional as F
 
@@ -130,10 +149,12 @@ class FrameEmbedder:
 
     def project(self, stats: np.ndarray) -> np.ndarray:
         """The model's embedding layer(s) on pooled statistics ``[n, 2 * channels * bands]``."""
+        from ..embedder import normalize
+
+        if self.network is not None:
+            return normalize(self.network.project(stats))
         import torch
         import torch.nn.functional as F
-
-        from ..embedder import normalize
 
         m = self.model
         with torch.inference_mode():
@@ -200,22 +221,29 @@ def raw_fbank(samples: np.ndarray):
     )
 
 
-def speech_segments(source: AudioSource, on_progress: Progress | None = None):
+def speech_segments(
+    source: AudioSource,
+    on_progress: Progress | None = None,
+    fbank: Callable[[np.ndarray], np.ndarray] | None = None,
+):
     """Pass 1: Silero speech segments of a streamed file and the mean fbank frame of its
-    speech -> (segments, samples in the file, mean [80] or None without speech).
+    speech -> (segments, samples in the file, mean [80] or None without speech). ``fbank``:
+    the raw fbank to average (default: numpy's, ``FrameEmbedder.raw_fbank`` in ``analyse``).
 
     fbank sums are kept per ``_BIN`` samples (5 KB per minute), so the mean over exactly the
     speech segments is known once the VAD has decided them."""
+    from ..features import fbank_numpy
     from ..vad import VadStream, segments_from_probs
     from .stream import stream_audio
 
+    fbank = fbank or (lambda x: fbank_numpy(x, subtract_mean=False))
     vad = VadStream()
     probs, n = [], 0
     bins: list[np.ndarray] = []
     counts: list[np.ndarray] = []
     for block in stream_audio(source):
         probs.append(vad.push(block))
-        f = raw_fbank(block).double().numpy() if len(block) >= 400 else np.zeros((0, 80))
+        f = fbank(block).astype(np.float64) if len(block) >= 400 else np.zeros((0, 80))
         centres = n + 160 * np.arange(len(f)) + 200
         first = n // _BIN
         idx = centres // _BIN - first
@@ -278,7 +306,7 @@ def analyse(
     once for embedding (only speech is embedded)."""
     from ..audio import source_name
 
-    segments, n, mean = speech_segments(source, on_progress)
+    segments, n, mean = speech_segments(source, on_progress, frame_embedder.raw_fbank)
     runs = blocks(segments)  # windows are laid inside the (cut) pieces, never across them
     spans = layout([piece for run in runs for piece in run], window, hop)
     vectors = np.zeros((len(spans), frame_embedder.dim), np.float32)
