@@ -15,8 +15,8 @@ Reported, over all conversations of the split (time-weighted):
   around reference boundaries (the same frames as DER without overlap);
 - real-time factor of the whole ``track`` pipeline (decode, VAD, embeddings, clustering,
   naming) with the full-size official architecture (``m_channels=64``; random weights built
-  here, its own registry), one thread (``OMP_NUM_THREADS=1``; the machine is shared), on the
-  first conversations and on a 10-minute meeting of 6 speakers (replayed utterances). Random
+  here, its own registry), ``--threads N`` compute threads (default 1; the machine is shared),
+  on the first conversations and on a 10-minute meeting of 6 speakers (replayed utterances). Random
   weights find no real voices, so the naming step embeds the voices the asset found.
 
     python bench/track.py                      # test split (what docs/tracking.md reports)
@@ -33,8 +33,21 @@ import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+def _threads_from_argv() -> str:
+    """``--threads N`` is needed before numpy/torch load: the compute threads of every backend."""
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "1"
+
+
+THREADS = _threads_from_argv()
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = THREADS
+os.environ["SPEAKERID_THREADS"] = THREADS
 
 import numpy as np  # noqa: E402
 
@@ -275,7 +288,6 @@ def real_time_factor(items, asset_ans, split, work: Path) -> dict:
     """The whole pipeline with the full-size architecture (random weights, its own registry)
     on ``items``. Random weights find no real voices, so naming embeds the speech of the
     voices the asset found in the same file: as much as a trained model would name."""
-    import torch
 
     from speakerid.service import SpeakerID
     from speakerid.tracking import naming, pipeline, voices, windows
@@ -314,7 +326,8 @@ def real_time_factor(items, asset_ans, split, work: Path) -> dict:
     total = sum(stages.values())
     return {
         "model": "ERes2NetV2 m_channels=64 base_width=26 scale=2 expansion=2, random weights",
-        "threads": torch.get_num_threads(),
+        "backend": emb.backend,
+        "threads": int(THREADS),
         "audio_seconds": round(audio, 1),
         "rtf": round(total / audio, 4),
         **{f"rtf_{k}": round(v / audio, 4) for k, v in stages.items()},
@@ -331,6 +344,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/speakerid-bench-track"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--figures", type=Path, help="write reference/track timelines of conv. 1")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="compute threads of every backend (default 1)"
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore", module="pyannote")
     import torch
@@ -377,7 +393,8 @@ def main() -> int:
         )
     for name, r in speed.items():
         print(
-            f"  RTF {r['rtf']:.3f} on {r['audio_seconds']:.0f} s of {name} ({r['threads']} thread, "
+            f"  RTF {r['rtf']:.3f} on {r['audio_seconds']:.0f} s of {name} "
+            f"({r['backend']}, {r['threads']} thread(s), "
             f"full-size random model; speech+embedding {r['rtf_speech_and_embedding']:.3f}, "
             f"voices {r['rtf_voices']:.4f}, naming {r['rtf_naming']:.3f}; "
             f"load {r['load_average_1min']:.1f})"
