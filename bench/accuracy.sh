@@ -11,6 +11,7 @@ mkdir -p "$OUT"
 export SPEAKERID_HOME="$OUT/home"
 $S evaluate $DEV --model $M --cohort $TRAIN --cohort-max 600 --plot docs/img --json > "$OUT/base.json"
 $S evaluate $DEV --model $M --vad --json > "$OUT/vad.json"
+$S evaluate $DEV --model $M -t 0.365 --json > "$OUT/t365.json"  # card threshold of the official model
 .venv/bin/python bench/speech_gate.py --speakers 63 --json "$OUT/speech_gate.json"
 for s in 0.5 1.0 1.5 2.0; do
   $S evaluate $DEV --model $M --vad --max-seconds $s --enroll-k 0 --json > "$OUT/crop$s.json"
