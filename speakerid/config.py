@@ -163,6 +163,8 @@ def server_url(explicit: str | None = None) -> str | None:
     """The speakerid server to use (``--server URL``, else ``$SPEAKERID_SERVER``), or None to
     work in-process. Its API key comes from ``$SPEAKERID_KEY`` (never a command-line flag)."""
     return explicit or os.environ.get(ENV_SERVER) or None
+
+
 def bound_openmp_spinning() -> None:
     """Keep OpenMP threads from busy-waiting for milliseconds (read once, when torch loads).
 

@@ -408,9 +408,7 @@ def card_threshold(ref: str, sha256: str | None = None) -> float | None:
     card = model_card_for(ref, sha256)
     value = card.get("recommended_threshold")
     if value is None:
-        value = ((card.get("evaluation") or {}).get("this_model") or {}).get(
-            "eer_threshold_cosine"
-        )
+        value = ((card.get("evaluation") or {}).get("this_model") or {}).get("eer_threshold_cosine")
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):

@@ -57,9 +57,7 @@ def test_identify_json_keeps_every_good_answer_and_exits_2(cli, speech):
     r = cli("identify", speech["a1"], speech["bad"], speech["missing"], speech["b1"], "--json")
     assert r.exit_code == 2, r.output
     rows = json.loads(r.stdout)
-    assert [row["file"] for row in rows] == [
-        str(speech[k]) for k in ("a1", "bad", "missing", "b1")
-    ]
+    assert [row["file"] for row in rows] == [str(speech[k]) for k in ("a1", "bad", "missing", "b1")]
     assert set(rows[1]) == {"file", "error"} and set(rows[2]) == {"file", "error"}
     assert rows[1]["error"].startswith(f"{speech['bad']}: not a readable audio file")
     assert rows[2]["error"] == f"{speech['missing']}: no such file"

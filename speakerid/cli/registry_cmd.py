@@ -98,6 +98,8 @@ def _report_error(r) -> bool:
         typer.echo(f"error: {r.error}", err=True)
         return True
     return False
+
+
 ForceOpt = Annotated[bool, typer.Option("--force", help="Enroll despite too little speech.")]
 VadOpt = Annotated[bool, typer.Option("--vad", help="Trim silence before embedding.")]
 MinSpeechOpt = Annotated[
