@@ -182,7 +182,7 @@ def demo(
     if json_out:
         emit_json(report)
         return
-    typer.echo("\nTry it yourself (a registry in ./speakerid-demo.db):")
+    typer.echo("\nTry it yourself, in this order (the first command creates ./speakerid-demo.db):")
     for line in report["try_it"]:
         typer.echo(f"  {line}")
 
