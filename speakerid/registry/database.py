@@ -355,7 +355,7 @@ class Database:
         try:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
                 c.execute(text(sql))
-        except (DatabaseError, OperationalError) as exc:
+        except DatabaseError as exc:  # OperationalError included
             log.warning("%s: %s after a bulk write failed: %s", self.location, sql, exc.orig)
             return
         log.info("%s: %s after a bulk write (%.1f s)", self.location, sql, time.perf_counter() - t0)
