@@ -28,9 +28,12 @@ ENV_KEY = "SPEAKERID_KEY"
 ENV_THREADS = "SPEAKERID_THREADS"
 ENV_CACHE = "SPEAKERID_CACHE"
 ENV_PRECISION = "SPEAKERID_PRECISION"
-#: ``int8``: the ONNX Runtime network with dynamically quantized convolutions (opt-in: faster
-#: on CPU, embeddings within cosine 0.997-0.999 of fp32; docs/performance.md).
-PRECISIONS = ("fp32", "int8")
+ENV_COMPILE = "SPEAKERID_COMPILE"
+#: ``fp32`` is exact (on CUDA too: no TF32 in the convolutions). The others are opt-in and shift
+#: embeddings slightly (docs/performance.md): ``int8``, the ONNX Runtime network with dynamically
+#: quantized convolutions (CPU); ``tf32``, CUDA tensor cores on float32 (PyTorch's own default for
+#: convolutions); ``bf16``, PyTorch autocast to bfloat16 (pooling stays float32).
+PRECISIONS = ("fp32", "tf32", "bf16", "int8")
 #: ``auto``: the fastest exact backend available (ONNX Runtime on CPU, PyTorch on CUDA).
 BACKENDS = ("auto", "torch", "onnx")
 INDEX_KINDS = ("auto", "flat", "pq", "hnsw")
@@ -105,9 +108,20 @@ def default_backend() -> str:
 
 
 def default_precision() -> str:
-    """``$SPEAKERID_PRECISION``: ``fp32`` (default, exact) or ``int8`` (ONNX Runtime, CPU)."""
+    """``$SPEAKERID_PRECISION``: ``fp32`` (default, exact), ``tf32``/``bf16`` (PyTorch, CUDA)
+    or ``int8`` (ONNX Runtime, CPU)."""
     name = os.environ.get(ENV_PRECISION) or "fp32"
     return check_precision(name, f"${ENV_PRECISION}={name!r}")
+
+
+def default_compile() -> bool:
+    """``$SPEAKERID_COMPILE``: ``1`` runs the PyTorch network through ``torch.compile`` (CUDA)."""
+    value = (os.environ.get(ENV_COMPILE) or "0").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise InvalidInputError(f"${ENV_COMPILE}={value!r}: use 1 or 0")
 
 
 def check_precision(name: str, label: str | None = None) -> str:

@@ -12,10 +12,11 @@ each embedding equals the one computed alone (tested to ~1e-6).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from .config import (
     check_backend,
     check_precision,
     default_backend,
+    default_compile,
     default_device,
     default_model,
     default_precision,
@@ -47,6 +49,14 @@ log = logging.getLogger("speakerid")
 MAX_SEGMENT_SECONDS = 60.0
 #: Longest padding (as a fraction of the shortest item) accepted inside one batch.
 MAX_PADDING = 0.15
+#: Most fbank frames in one CUDA batch (64,000 = 128 items of 5 s): long recordings form
+#: smaller batches instead of one that does not fit the device's memory.
+MAX_BATCH_FRAMES = 64_000
+#: Items per CUDA batch and files per decoding chunk (bench/gpu.py, docs/performance.md).
+CUDA_BATCH = 128
+CUDA_CHUNK = 512
+#: channels_last per precision on CUDA: tensor-core convolutions want it (bench/gpu.py).
+CUDA_CHANNELS_LAST = {"fp32": False, "tf32": True, "bf16": True}
 #: A feature matrix: numpy for the ONNX Runtime backend, a tensor for PyTorch.
 Features = Any
 
@@ -138,6 +148,43 @@ def choose_backend(requested: str, on_cpu: bool) -> str:
     return "torch"
 
 
+def route_backend(requested: str, precision: str, compile: bool, on_cpu: bool) -> str:
+    """The backend a precision or ``torch.compile`` implies (``auto`` resolved to it), or a
+    one-line error where they cannot run: int8 is ONNX Runtime on CPU; tf32 and compile are
+    PyTorch on CUDA; bf16 is PyTorch (autocast) on either."""
+    if precision == "int8":
+        requested = "onnx" if requested == "auto" and on_cpu else requested
+        if requested != "onnx":
+            raise DeviceError("precision int8 runs on the onnx backend only (CPU)")
+        if compile:
+            raise DeviceError("--compile applies to the torch backend, not to precision int8")
+        return requested
+    needs_cuda = "precision tf32" if precision == "tf32" else "--compile" if compile else None
+    if needs_cuda and on_cpu:
+        raise DeviceError(f"{needs_cuda} needs a CUDA device (--device cuda)")
+    if precision != "fp32" or compile:
+        if requested == "onnx":
+            what = "--compile" if compile else f"precision {precision}"
+            raise DeviceError(f"{what} runs on the torch backend only, not onnx")
+        return "torch"
+    return requested
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 in CUDA convolutions and matrix products on or off for one forward (PyTorch's own
+    default has it on for convolutions, which is not float32 arithmetic)."""
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 def segments(samples: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[np.ndarray]:
     """Split into equal segments of at most ``max_seconds`` (one segment when short enough)."""
     max_len = int(max_seconds * SAMPLE_RATE)
@@ -161,6 +208,7 @@ class Embedder:
         threads: int | None = None,
         on_prepare: Prepare | None = None,
         precision: str | None = None,
+        compile: bool | None = None,
     ) -> None:
         self.threads = resolve_threads(threads)
         resolved = weights.resolve(model or default_model(), progress=progress)
@@ -175,18 +223,18 @@ class Embedder:
         # ~1.25x faster, and 1x1 convolutions through oneDNN plus folded BatchNorm another
         # ~1.4x; on CUDA, batching is what pays.
         on_cpu = self._device == "cpu"
-        self.batch_size = batch_size or (1 if on_cpu else 32)
+        self.batch_size = batch_size or (1 if on_cpu else CUDA_BATCH)
+        self.chunk = 64 if on_cpu else CUDA_CHUNK
         # fbank of a whole chunk as one job on the device: per-utterance CPU fbank would starve
         # a batched GPU network. On CPU the batched version is ~2.5x slower (its intermediates
         # fall out of cache) and fbank is ~1 % of the network's time, so it stays per utterance.
         self.batched_fbank = not on_cpu
         requested = check_backend(backend) if backend else default_backend()
-        #: ``fp32`` (exact) or ``int8`` (ONNX Runtime with quantized convolutions, opt-in)
+        #: ``fp32`` (exact), or opt-in ``int8`` (ONNX Runtime, CPU), ``tf32``/``bf16`` (PyTorch)
         self.precision = check_precision(precision) if precision else default_precision()
-        if self.precision != "fp32":
-            requested = "onnx" if requested == "auto" and on_cpu else requested
-            if requested != "onnx":
-                raise DeviceError(f"precision {self.precision} runs on the onnx backend only (CPU)")
+        #: PyTorch network through ``torch.compile`` (CUDA, opt-in)
+        self.compile = default_compile() if compile is None else bool(compile)
+        requested = route_backend(requested, self.precision, self.compile, on_cpu)
         self.backend = choose_backend(requested, on_cpu)
         self._model = None
         self._onnx = None
@@ -207,7 +255,12 @@ class Embedder:
             if on_cpu and fast_cpu:
                 net = fold_batchnorm(net).to(memory_format=torch.channels_last)
                 use_onednn_pointwise(net)
+            elif not on_cpu:  # fewer kernels; same results up to rounding (as on CPU)
+                net = fold_batchnorm(net)
+                if CUDA_CHANNELS_LAST[self.precision]:
+                    net = net.to(memory_format=torch.channels_last)
             self._model = net
+            self._run = torch.compile(net, dynamic=True) if self.compile else net
             self.dim = net.config.embedding_size
         else:
             self.dim = self._onnx.dim
@@ -274,7 +327,9 @@ class Embedder:
     def config(self):
         return self.model.config
 
-    def _forward(self, feats: list[Features]) -> np.ndarray:
+    def _forward(self, feats: list[Features]) -> Any:
+        """Raw embeddings of one batch: numpy (ONNX Runtime) or a float32 tensor left on the
+        device (PyTorch), so a GPU is not made to wait for the host after every batch."""
         lengths = [f.shape[0] for f in feats]
         if self._onnx is not None:  # the exported graph has no length mask: equal lengths only
             if len(set(lengths)) == 1:
@@ -282,14 +337,23 @@ class Embedder:
             return np.concatenate([self._onnx(f[None]) for f in feats])
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._numerics():
             if len(set(lengths)) == 1:
-                return self.model(torch.stack(feats).to(self.device)).float().cpu().numpy()
-            batch = torch.zeros(len(feats), max(lengths), feats[0].shape[1], device=feats[0].device)
-            for i, f in enumerate(feats):
-                batch[i, : f.shape[0]] = f
+                return self._run(torch.stack(feats).to(self.device)).float()
+            batch = torch.nn.utils.rnn.pad_sequence(list(feats), batch_first=True)
             lens = torch.tensor(lengths, device=self.device)
-            return self.model(batch.to(self.device), lens).float().cpu().numpy()
+            return self._run(batch.to(self.device), lens).float()
+
+    def _numerics(self) -> contextlib.AbstractContextManager:
+        """The precision around a PyTorch forward: bf16 autocast, or float32 with TF32 off
+        (``fp32``, exact) or on (``tf32``) in CUDA convolutions and matrix products."""
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self._device.startswith("cuda"):
+            return _tf32(self.precision == "tf32")
+        return contextlib.nullcontext()
 
     def embed_features(
         self,
@@ -307,10 +371,15 @@ class Embedder:
         out = np.zeros((len(feats), self.dim), dtype=np.float32)
         order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
         group: list[int] = []
+        on_device: list[tuple[list[int], Any]] = []  # PyTorch results, copied back once
 
         def flush() -> None:
             if group:
-                out[group] = self._forward([feats[i] for i in group])
+                res = self._forward([feats[i] for i in group])
+                if isinstance(res, np.ndarray):
+                    out[group] = res
+                else:
+                    on_device.append((list(group), res))
                 if on_batch:
                     on_batch(list(group))
                 group.clear()
@@ -318,11 +387,18 @@ class Embedder:
         for i in order:
             n = feats[i].shape[0]
             if group and (
-                len(group) >= batch_size or n > (1 + MAX_PADDING) * feats[group[0]].shape[0]
+                len(group) >= batch_size
+                or n > (1 + MAX_PADDING) * feats[group[0]].shape[0]
+                or (len(group) + 1) * n > MAX_BATCH_FRAMES
             ):
                 flush()
             group.append(i)
         flush()
+        if on_device:
+            import torch
+
+            rows = [i for part, _ in on_device for i in part]
+            out[rows] = torch.cat([res for _, res in on_device]).cpu().numpy()
         return out
 
     def _features(self, clips: Sequence[AudioClip]) -> tuple[list[Features], np.ndarray]:
@@ -387,7 +463,7 @@ class Embedder:
         self,
         sources: Iterable[AudioSource | AudioClip],
         batch_size: int | None = None,
-        chunk: int = 64,
+        chunk: int | None = None,
         on_progress: Callable[[int], None] | None = None,
         collect_errors: bool = False,
         prepare: Callable[[AudioClip], AudioClip] | None = None,
@@ -402,6 +478,7 @@ class Embedder:
         on the decoding thread, after decoding.
         """
         items = list(sources)
+        chunk = chunk or self.chunk  # files per chunk: 64 on CPU, more on CUDA (longer batches)
         chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
 
         def decode(part: list) -> list[AudioClip | AudioError]:

@@ -69,7 +69,7 @@ class EmbeddingCache:
         self,
         paths: Sequence[Path],
         on_progress: Callable[[int], None] | None = None,
-        chunk: int = 64,
+        chunk: int | None = None,
     ) -> None:
         """Embed what is not cached yet through ``Embedder.embed_many``, the path every
         command takes (decoding and trimming on a background thread, overlapped with the

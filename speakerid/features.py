@@ -89,15 +89,17 @@ def fbank_batch(
     import torch
 
     device = torch.device(device)
-    counts, frames = [], []
-    for w in waves:
-        t = torch.as_tensor(w, dtype=torch.float32).reshape(-1).to(device)
-        n = num_frames(t.numel())
-        counts.append(n)
-        if n:
-            frames.append(t.unfold(0, WINDOW, HOP))
-    if not frames:
+    flat = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
+    counts = [num_frames(t.numel()) for t in flat]
+    if not any(counts):
         return [torch.zeros(0, NUM_MEL_BINS, device=device) for _ in counts]
+    # one host-to-device copy for the whole chunk, then each input's frames as a strided view
+    joined = torch.cat([t.cpu() for t in flat]).to(device, non_blocking=False)
+    frames, start = [], 0
+    for t, n in zip(flat, counts):
+        if n:
+            frames.append(joined[start : start + t.numel()].unfold(0, WINDOW, HOP))
+        start += t.numel()
     x = torch.cat(frames)  # [all frames, 400]
     x = x - x.mean(dim=1, keepdim=True)
     prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
@@ -106,10 +108,12 @@ def fbank_batch(
     spec = torch.fft.rfft(x, n=PADDED_WINDOW).abs().pow(2.0)
     eps = torch.tensor(torch.finfo(torch.float32).eps, device=device)
     mel = torch.max(spec @ banks, eps).log()
-    out = []
-    for part in torch.split(mel, counts):
-        out.append(part - part.mean(dim=0, keepdim=True) if len(part) else part)
-    return out
+    # each input's time mean, for all inputs in three kernels (not two per input)
+    sizes = torch.tensor(counts, device=device)
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=device), sizes)
+    sums = torch.zeros(len(counts), NUM_MEL_BINS, device=device).index_add_(0, owner, mel)
+    mel = mel - (sums / sizes.clamp(min=1)[:, None].to(mel.dtype))[owner]
+    return list(torch.split(mel, counts))
 
 
 @functools.lru_cache(maxsize=1)

@@ -42,8 +42,9 @@ PrecisionOpt = Annotated[
     Optional[str],
     typer.Option(
         "--precision",
-        help="fp32 (default, exact) or int8 (ONNX Runtime with quantized convolutions: faster "
-        "on CPU, scores shift slightly; default: $SPEAKERID_PRECISION, else fp32).",
+        help="fp32 (default, exact); int8 (ONNX Runtime with quantized convolutions, CPU), "
+        "tf32 (CUDA tensor cores) or bf16 (PyTorch autocast): faster, scores shift slightly "
+        "(default: $SPEAKERID_PRECISION, else fp32).",
     ),
 ]
 DbOpt = Annotated[
@@ -98,6 +99,24 @@ ThreadsOpt = Annotated[
         metavar="N",
         callback=_threads,
         help="Compute threads: a number or auto (default: $SPEAKERID_THREADS or auto).",
+    ),
+]
+
+
+def _compile(value: bool) -> bool:
+    """``--compile``: applied by the library through ``$SPEAKERID_COMPILE`` (like --threads)."""
+    if value:
+        os.environ[config.ENV_COMPILE] = "1"
+    return value
+
+
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        callback=_compile,
+        help="Run the PyTorch network through torch.compile (CUDA; the first batches of each "
+        "process compile it; default: $SPEAKERID_COMPILE).",
     ),
 ]
 

@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     BackendOpt,
+    CompileOpt,
     DeviceOpt,
     JsonOpt,
     ModelOpt,
@@ -40,6 +41,7 @@ def embed(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    compile: CompileOpt = False,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     output: Annotated[

@@ -11,6 +11,7 @@ import typer
 from ..trials import MAX_NONTARGETS, MAX_TARGETS
 from .common import (
     BackendOpt,
+    CompileOpt,
     DbOpt,
     DeviceOpt,
     JsonOpt,
@@ -182,6 +183,7 @@ def evaluate(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    compile: CompileOpt = False,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
@@ -246,6 +248,7 @@ def calibrate(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    compile: CompileOpt = False,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     json_out: JsonOpt = False,

@@ -1,0 +1,132 @@
+"""Reduced precision and torch.compile: which backend each implies, and clear refusals.
+
+The CUDA numbers (TF32, bf16, compile against the official fixtures) come from tests/test_gpu.py
+and bench/gpu.py on a GPU machine; here bf16 runs through CPU autocast, the same code path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from speakerid import errors
+from speakerid.audio import load_audio
+from speakerid.embedder import Embedder, _tf32, route_backend
+
+from .conftest import speechlike, wav_bytes
+
+
+@pytest.mark.parametrize(
+    ("requested", "precision", "compile", "on_cpu", "want"),
+    [
+        ("auto", "fp32", False, True, "auto"),
+        ("auto", "int8", False, True, "onnx"),
+        ("auto", "bf16", False, True, "torch"),
+        ("auto", "bf16", False, False, "torch"),
+        ("auto", "tf32", False, False, "torch"),
+        ("auto", "fp32", True, False, "torch"),
+        ("torch", "bf16", True, False, "torch"),
+    ],
+)
+def test_precision_and_compile_pick_their_backend(requested, precision, compile, on_cpu, want):
+    assert route_backend(requested, precision, compile, on_cpu) == want
+
+
+@pytest.mark.parametrize(
+    ("requested", "precision", "compile", "on_cpu", "message"),
+    [
+        ("auto", "tf32", False, True, "precision tf32 needs a CUDA device"),
+        ("auto", "fp32", True, True, "--compile needs a CUDA device"),
+        ("onnx", "bf16", False, True, "precision bf16 runs on the torch backend only"),
+        ("torch", "int8", False, True, "precision int8 runs on the onnx backend only"),
+        ("auto", "int8", True, True, "--compile applies to the torch backend"),
+    ],
+)
+def test_impossible_combinations_are_one_line_errors(
+    requested, precision, compile, on_cpu, message
+):
+    with pytest.raises(errors.DeviceError, match=message):
+        route_backend(requested, precision, compile, on_cpu)
+
+
+def test_bf16_runs_on_pytorch_close_to_fp32_and_keeps_batching_exact(tiny_ckpt):
+    fp32 = Embedder(tiny_ckpt, backend="torch")
+    bf16 = Embedder(tiny_ckpt, precision="bf16")
+    assert (bf16.backend, bf16.precision) == ("torch", "bf16")
+    clips = [load_audio(wav_bytes(speechlike(s, seed=i))) for i, s in enumerate([2.0, 1.1, 1.9])]
+    a = np.stack([e.vector for e in fp32.embed_many(clips)])
+    b = np.stack([e.vector for e in bf16.embed_many(clips, batch_size=3)])
+    cos = np.sum(a * b, axis=1)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-6)
+    # bf16 keeps 8 mantissa bits: close to fp32, not equal to it (this tiny random network
+    # amplifies rounding: 0.989-0.992 here; the trained m32 test asset gives 0.99974)
+    assert cos.min() > 0.98 and cos.min() < 0.999999
+    one = np.stack([bf16.embed(c).vector for c in clips])
+    assert np.sum(one * b, axis=1).min() > 0.999  # padded batches still match one at a time
+
+
+def test_tf32_switch_is_restored_after_each_forward():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    with _tf32(False):
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+    with pytest.raises(RuntimeError), _tf32(True):
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+        raise RuntimeError("a failing forward")
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == before
+
+
+def test_compile_environment_variable_is_validated(tiny_ckpt, monkeypatch):
+    monkeypatch.setenv("SPEAKERID_COMPILE", "maybe")
+    with pytest.raises(errors.InvalidInputError, match=r"\$SPEAKERID_COMPILE='maybe': use 1 or 0"):
+        Embedder(tiny_ckpt)
+    monkeypatch.setenv("SPEAKERID_COMPILE", "1")
+    with pytest.raises(errors.DeviceError, match="--compile needs a CUDA device"):
+        Embedder(tiny_ckpt)
+    monkeypatch.setenv("SPEAKERID_COMPILE", "0")
+    assert Embedder(tiny_ckpt).compile is False
+
+
+def _cli(args, env_extra, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
+    env.update(SPEAKERID_HOME=str(tmp_path / "home"), **env_extra)
+    return subprocess.run(
+        [sys.executable, "-m", "speakerid", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+
+
+def test_cli_precision_and_compile_as_users_configure_them(tiny_ckpt, tmp_path):
+    (tmp_path / "a.wav").write_bytes(wav_bytes(speechlike(1.5)))
+    out = _cli(
+        ["embed", "a.wav", "--json"],
+        {"SPEAKERID_MODEL": str(tiny_ckpt), "SPEAKERID_PRECISION": "bf16"},
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    vec = np.asarray(json.loads(out.stdout)[0]["embedding"], dtype=np.float32)
+    assert vec.shape == (192,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
+    out = _cli(["embed", "a.wav", "--compile"], {"SPEAKERID_MODEL": str(tiny_ckpt)}, tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --compile needs a CUDA device (--device cuda)"
+    out = _cli(
+        ["embed", "a.wav", "--precision", "tf32"], {"SPEAKERID_MODEL": str(tiny_ckpt)}, tmp_path
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: precision tf32 needs a CUDA device (--device cuda)"
+    out = _cli(
+        ["embed", "a.wav", "--precision", "fp16"], {"SPEAKERID_MODEL": str(tiny_ckpt)}, tmp_path
+    )
+    assert out.returncode == 2
+    assert "use one of fp32, tf32, bf16, int8" in out.stderr
