@@ -130,10 +130,11 @@ class Block(nn.Module):
 def statistics_pooling(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """TSTP: per-channel-and-frequency mean and std over time (unbiased variance + 1e-8).
 
-    With ``lengths`` (valid frames per item), padded frames are excluded exactly. Always in
+    With ``lengths`` (valid frames per item), padded frames are excluded exactly. At least in
     float32 (under bf16 autocast too): sums over hundreds of frames need its mantissa.
     """
-    x = x.float()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     if lengths is None:
         mean = x.mean(dim=-1).flatten(start_dim=1)
         std = torch.sqrt(torch.var(x, dim=-1) + 1e-8).flatten(start_dim=1)
