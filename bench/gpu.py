@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--asset", type=Path)
     ap.add_argument("--files", type=int, help="first N files of the manifest (default: all)")
-    ap.add_argument("--repeat", type=int, default=5, help="workload = the files N times")
+    ap.add_argument("--repeat", type=int, default=3, help="workload = the files N times")
     ap.add_argument("--reference-files", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; then start no more")
@@ -206,8 +206,12 @@ def main() -> None:
     nref = min(args.reference_files, len(pcms))
     plain = load_model(common).to(dev)
     official_loop(plain, pcms[:5], dev)  # warm-up (cuDNN handles, kernels)
+    # cold: lengths this process has not seen (each new input shape costs cuDNN a plan);
+    # warm: the same files again, as a long-running loop over repeating lengths would see
     ref_s, ref = timed(lambda: official_loop(plain, pcms[:nref], dev), 1)
     ref_ups = nref / ref_s
+    ref_warm_s, _ = timed(lambda: official_loop(plain, pcms[:nref], dev), 1)
+    ref_warm = nref / ref_warm_s
     fbank_s, feats = timed(lambda: reference_features(pcms[:nref]), 1)
     model_s, _ = timed(lambda: reference_model(plain, feats, dev), 1)
     ncpu = min(24, nref)
@@ -217,6 +221,7 @@ def main() -> None:
         model="common",
         utt_s=round(ref_ups, 1),
         ms_per_utt=round(1000 * ref_s / nref, 3),
+        utt_s_warm=round(ref_warm, 1),
         fbank_ms=round(1000 * fbank_s / nref, 3),
         model_ms=round(1000 * model_s / nref, 3),
         cos_vs_cpu_fp32=float(np.min(np.sum(ref[:ncpu] * cpu_truth, 1))),
@@ -264,8 +269,9 @@ def main() -> None:
             def run(emb=emb, batch=batch, items=work):
                 return np.stack([e.vector for e in emb.embed_many(items, batch_size=batch)])
 
-            first = run(items=clips)  # warm-up: every length once (and the compile)
-            warm_s = time.perf_counter() - t0
+            load_s = time.perf_counter() - t0
+            cold_s, first = timed(lambda: run(items=clips), 1)  # new lengths (and the compile)
+            run()  # the workload once, so its batch shapes are known: then timed warm
             dt, vecs = timed(run, args.rounds)
             n = len(work)
             rep.add(
@@ -277,11 +283,13 @@ def main() -> None:
                 utt_s=round(n / dt, 1),
                 ms_per_utt=round(1000 * dt / n, 4),
                 rtf=dt / (seconds * args.repeat),
-                speedup=round((n / dt) / ref_ups, 2),
+                speedup=round((n / dt) / ref_warm, 2),
+                utt_s_cold=round(len(clips) / cold_s, 1),
+                speedup_cold=round((len(clips) / cold_s) / ref_ups, 2),
+                load_s=round(load_s, 2),
                 cos_vs_reference=float(np.min(np.sum(unit(first[:nref]) * ref, 1))),
                 cos_vs_cpu_fp32=float(np.min(np.sum(unit(first[:ncpu]) * cpu_truth, 1))),
                 repeat_identical=float(np.max(np.abs(vecs[: len(clips)] - first))),
-                warm_s=round(warm_s, 1),
                 peak_gb=round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if gpu else None,
             )
             del emb
@@ -356,8 +364,9 @@ def table(rows: list[dict], total: float) -> None:
                 f"{'cos cpu':>9}"
             )
             print(
-                f"{'official per-file loop (GPU)':<34} {r['utt_s']:8.1f} {r['ms_per_utt']:8.3f} "
-                f"{'1.00x':>8} {'-':>9} {r['cos_vs_cpu_fp32']:9.6f}"
+                f"{'official per-file loop (GPU)':<34} {r['utt_s_warm']:8.1f} "
+                f"{1000 / r['utt_s_warm']:8.3f} {'1.00x':>8} {'-':>9} {r['cos_vs_cpu_fp32']:9.6f}"
+                f"   cold {r['utt_s']:.1f} utt/s"
             )
         if r["what"] == "speakerid":
             label = (
@@ -367,6 +376,7 @@ def table(rows: list[dict], total: float) -> None:
             print(
                 f"{label:<34} {r['utt_s']:8.1f} {r['ms_per_utt']:8.4f} {r['speedup']:7.2f}x "
                 f"{r['cos_vs_reference']:9.6f} {r['cos_vs_cpu_fp32']:9.6f}"
+                f"   cold {r['utt_s_cold']:.1f} utt/s = {r['speedup_cold']:.2f}x"
             )
         if r["what"] == "accuracy":
             print(
