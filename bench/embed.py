@@ -7,6 +7,8 @@ every command runs (on CPU: ONNX Runtime on the exported network, numpy fbank, n
 torch: the same with ``backend="torch"`` (PyTorch; on CPU batch 1 with folded BatchNorm, oneDNN
 1x1 convolutions and channels_last; on CUDA length-bucketed padded batches with exact masking).
 int8: the default path with ``precision="int8"`` (opt-in: quantized convolutions, CPU only).
+bf16: ``precision="bf16"`` (opt-in: PyTorch autocast to bfloat16; fast where the CPU has
+AVX-512 BF16 or AMX, emulated and slow where it has not).
 
 Each (model, data, path) runs in its own subprocess so peak memory (max RSS) is per path.
 Reported: utterances/s, real-time factor (compute seconds per audio second), peak RSS, and the
@@ -87,8 +89,8 @@ def worker(args) -> None:
     (kind,) = args.data  # the parent passes one data set per worker
     files = dataset(kind, args.files)
     seconds = sum(len(f) - 44 for f in files) / 32000 if kind == "synthetic" else None
-    backend = None if args.path in ("default", "int8") else "torch"  # reference: only a device
-    precision = "int8" if args.path == "int8" else None
+    backend = None if args.path in ("default", "int8", "bf16") else "torch"  # reference: a device
+    precision = args.path if args.path in ("int8", "bf16") else None
     emb = Embedder(args.model_path, device=args.device, backend=backend, precision=precision)
     if args.path == "reference":
         from speakerid.weights import load_model
@@ -161,7 +163,7 @@ def run_all(args, tmp: Path) -> None:
         f"{'model':<28} {'data':<9} {'path':<10} {'utt/s':>7} {'RTF':>7} {'peak MB':>8} "
         f"{'speedup':>7} {'min cos':>9}"
     )
-    paths = ["reference", "default", "torch"] + (["int8"] if args.device == "cpu" else [])
+    paths = ["reference", "default", "torch", "bf16"] + (["int8"] if args.device == "cpu" else [])
     for label, path in models.items():
         for data in args.data:
             res = {}

@@ -150,3 +150,23 @@ def test_batched_fbank_path_gives_the_same_embeddings(tiny_ckpt):
     assert plain.batched_fbank is False  # CPU default: per utterance
     for a, b in zip(plain.embed_many(clips), batched.embed_many(clips, batch_size=3)):
         assert float(a.vector @ b.vector) > 0.99999
+
+
+def test_large_batches_are_bounded_in_frames_not_only_in_items(tiny_ckpt, monkeypatch):
+    """CUDA batches of 128: long recordings must form smaller batches (device memory)."""
+    from speakerid import embedder as mod
+
+    emb = Embedder(tiny_ckpt, backend="torch")
+    sizes = []
+
+    def fake_forward(feats):
+        sizes.append([f.shape[0] for f in feats])
+        return np.ones((len(feats), emb.dim), dtype=np.float32)
+
+    monkeypatch.setattr(emb, "_forward", fake_forward)
+    feats = [torch.zeros(n, 80) for n in [6000] * 25 + [300] * 200]
+    out = emb.embed_features(feats, batch_size=128)
+    assert out.shape == (225, 192) and np.all(out == 1)
+    budget = mod.MAX_BATCH_FRAMES
+    assert all(len(s) * max(s) <= budget for s in sizes)
+    assert [len(s) for s in sizes] == [128, 72, 10, 10, 5]
