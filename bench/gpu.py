@@ -94,6 +94,30 @@ def reference_model(model, feats, device) -> None:
             model(feat.unsqueeze(0).to(device)).cpu()
 
 
+def profile(run, rep: Report, out: Path | None, name: str) -> None:
+    """One warm round under torch.profiler: kernel time by kernel, and device busy time
+    against wall time (the gap is launch overhead and host work)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sync()
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=acts) as prof:
+        run()
+        sync()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    attr = "device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total"
+    busy = sum(getattr(e, "self_" + attr, 0) for e in events) / 1e6
+    key = "self_" + attr
+    table = events.table(sort_by=key, row_limit=25)
+    if out:
+        out.with_name(f"profile-{name}.txt").write_text(table)
+    print(table)
+    rep.add(what="profile", variant=name, wall_s=round(wall, 3), device_busy_s=round(busy, 3))
+
+
 def variant_name(precision: str, comp: bool, batch: int, layout: str | None) -> str:
     return f"{precision}{'-c' if comp else ''}-b{batch}{'-flip' if layout else ''}"
 
@@ -146,6 +170,8 @@ def timed(fn, rounds: int) -> tuple[float, object]:
 class Report:
     def __init__(self, path: Path | None) -> None:
         self.path, self.rows = path, []
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, **row) -> None:
         self.rows.append(row)
@@ -166,6 +192,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; then start no more")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument(
+        "--profile",
+        metavar="VARIANT",
+        help="profile one warm round of this variant (torch.profiler): the busiest kernels "
+        "and how much of the wall time the device was busy, into --out's folder",
+    )
     ap.add_argument(
         "--only",
         help="comma-separated variants to run, named like the table (fp32-b128, bf16-b128, "
@@ -274,6 +306,8 @@ def main() -> None:
             run()  # the workload once, so its batch shapes are known: then timed warm
             dt, vecs = timed(run, args.rounds)
             n = len(work)
+            if args.profile == variant_name(precision, comp, batch, layout):
+                profile(run, rep, args.out, args.profile)
             rep.add(
                 what="speakerid",
                 precision=precision,
