@@ -5,10 +5,12 @@ layout, constant folding): ~75 ms of a one-shot ``verify`` for the m32 model and
 Silero VAD, on an idle 2-core machine. ONNX Runtime can save the graph it optimized; loading
 that copy with the optimizer off takes ~43 / ~11 ms and computes the same (bit-identical
 outputs, tested). The optimized graph holds layouts chosen for this CPU and this onnxruntime,
-so its file name carries a key made of the onnxruntime version, a fingerprint of the CPU, and
-the source file's path, size and mtime: a copy made elsewhere, by another version or from an
-older export is never used. A copy that cannot be read is ignored (and rewritten); a cache
-folder that cannot be written only costs the optimization time.
+so its file name carries two keys: the source file (name, size, mtime) and the runtime (the
+onnxruntime version and a fingerprint of the CPU). A copy made from an older export is never used
+and is removed when a new one is written; copies for other CPUs or versions of the same export
+are kept, so machines sharing one cache folder (a fleet on NFS) do not delete each other's copy
+on every start. A copy that cannot be read is ignored (and rewritten); a cache folder that cannot
+be written only costs the optimization time.
 """
 
 from __future__ import annotations
@@ -40,15 +42,20 @@ def cpu_fingerprint() -> str:
     return f"{platform.machine()}|{platform.processor()}|{text}"
 
 
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
+
+
 def optimized_path(source: Path, folder: Path) -> Path:
-    """Where the optimized copy of ``source`` for this onnxruntime and CPU is kept."""
+    """Where the optimized copy of ``source`` for this onnxruntime and CPU is kept:
+    ``<stem>.ort-<source key>-<runtime key>.onnx``. The source key leaves the folder out, so
+    one shared cache mounted at different paths still agrees."""
     import onnxruntime as ort
 
     st = source.stat()
-    parts = (ort.__version__, cpu_fingerprint(), str(source.resolve()), st.st_size, st.st_mtime_ns)
-    key = "|".join(map(str, parts))
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return folder / f"{source.stem}.ort-{digest}.onnx"
+    made_from = _digest(source.name, st.st_size, st.st_mtime_ns)
+    runtime = _digest(ort.__version__, cpu_fingerprint())
+    return folder / f"{source.stem}.ort-{made_from}-{runtime}.onnx"
 
 
 def open_session(path: str | os.PathLike, threads: int, cache: Path | None = None) -> Any:
@@ -96,8 +103,9 @@ def open_session(path: str | os.PathLike, threads: int, cache: Path | None = Non
     try:
         if tmp.is_file():
             os.replace(tmp, fast)
+            current = fast.name.split(".ort-")[1].split("-")[0]
             for old in fast.parent.glob(f"{source.stem}.ort-*.onnx"):
-                if old != fast:  # made from an older export or by another version
+                if old.name.split(".ort-")[1].split("-")[0] != current:  # an older export's
                     old.unlink(missing_ok=True)
     except OSError as exc:
         log.debug("cannot keep the optimized graph of %s (%s)", source, exc)

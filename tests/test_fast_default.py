@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 from speakerid import errors, onnx_backend
 from speakerid.audio import AudioClip, load_audio
 from speakerid.cli import app
-from speakerid.embedder import Embedder, choose_backend
+from speakerid.embedder import Embedder
 from speakerid.features import fbank_numpy
 from speakerid.resample import resample
+from speakerid.runtime import choose_backend
 
 from .conftest import CLIPS, ROOT, VOICE_CLIPS, real_speech, wav_bytes
 
@@ -368,11 +369,21 @@ def test_sessions_start_from_a_cached_optimized_graph(tiny_ckpt, tmp_path, monke
     fast.write_bytes(b"not onnx")  # damaged: optimized again, the copy replaced
     assert np.array_equal(open_session(source, 1, source.parent).run(None, {"feats": x})[0], want)
     assert fast.stat().st_size > 1000
+    made_from, runtime = fast.stem.split(".ort-")[1].split("-")
+    other_cpu = fast.with_name(f"{source.stem}.ort-{made_from}-{'0' * 12}.onnx")
+    other_cpu.write_bytes(fast.read_bytes())  # another machine's copy in a shared cache
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
     renewed = optimized_path(source, source.parent)  # another export: another key
-    assert renewed != fast
+    assert renewed != fast and renewed.stem.endswith(runtime)
     open_session(source, 1, source.parent)
     assert renewed.is_file() and not fast.exists()  # the stale copy is removed
+    assert not other_cpu.exists()  # and the other machine's, made from the older export
+    open_session(source, 1, source.parent)
+    keep = renewed.with_name(f"{renewed.stem.rsplit('-', 1)[0]}-{'1' * 12}.onnx")
+    keep.write_bytes(renewed.read_bytes())  # another machine's copy of the current export
+    renewed.unlink()
+    open_session(source, 1, source.parent)  # this machine writes its copy again...
+    assert renewed.is_file() and keep.is_file()  # ...and leaves the other machine's alone
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # a cache folder that cannot be made (root ignores permissions)
     got = open_session(source, 1, blocker / "sub").run(None, {"feats": x})[0]

@@ -16,7 +16,8 @@ import torch
 
 from speakerid import errors
 from speakerid.audio import load_audio
-from speakerid.embedder import Embedder, _tf32, route_backend
+from speakerid.embedder import Embedder
+from speakerid.runtime import route_backend, tf32
 
 from .conftest import speechlike, wav_bytes
 
@@ -73,9 +74,9 @@ def test_bf16_runs_on_pytorch_close_to_fp32_and_keeps_batching_exact(tiny_ckpt):
 def test_tf32_switch_is_restored_after_each_forward():
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     before = cudnn.allow_tf32, matmul.allow_tf32
-    with _tf32(False):
+    with tf32(False):
         assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
-    with pytest.raises(RuntimeError), _tf32(True):
+    with pytest.raises(RuntimeError), tf32(True):
         assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
         raise RuntimeError("a failing forward")
     assert (cudnn.allow_tf32, matmul.allow_tf32) == before

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from .. import weights
-from ..embedder import apply_threads
 from ..errors import SpeakerIDError
 from ..features import fbank, fbank_batch
 from ..metrics import eer
 from ..models.eres2netv2 import ERes2NetV2
+from ..runtime import apply_threads
 from . import data as D
 from .augment import Augmenter
 from .config import (
@@ -60,7 +60,7 @@ VAL_MAX_SECONDS = 10.0
 
 
 def _device(name: str | None) -> torch.device:
-    from ..embedder import resolve_device
+    from ..runtime import resolve_device
 
     return resolve_device(name)
 
