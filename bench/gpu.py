@@ -118,8 +118,54 @@ def profile(run, rep: Report, out: Path | None, name: str) -> None:
     rep.add(what="profile", variant=name, wall_s=round(wall, 3), device_busy_s=round(busy, 3))
 
 
-def variant_name(precision: str, comp: bool, batch: int, layout: str | None) -> str:
-    return f"{precision}{'-c' if comp else ''}-b{batch}{'-flip' if layout else ''}"
+def variant_name(precision: str, comp: bool, batch: int, tweak: str | None) -> str:
+    return f"{precision}{'-c' if comp else ''}-b{batch}{'-' + tweak if tweak else ''}"
+
+
+#: Frames the padded length of an experimental bucketed batch is rounded up to.
+BUCKET = 64
+
+
+def bucketed(emb, graphs: bool):
+    """Experiment (not the product's path yet): pad every batch to a multiple of ``BUCKET``
+    frames (exact: padded frames are masked), so few shapes recur; with ``graphs``, each
+    (batch, length) shape is captured once as a CUDA graph and replayed (no launch gaps).
+    Replaces ``emb._forward``."""
+    import torch
+
+    graphs_by_shape: dict[tuple[int, int], tuple] = {}
+    pool = torch.cuda.graph_pool_handle() if graphs else None
+
+    def forward(feats):
+        lengths = [f.shape[0] for f in feats]
+        frames = -(-max(lengths) // BUCKET) * BUCKET
+        with torch.inference_mode(), emb._numerics():
+            x = torch.zeros(len(feats), frames, feats[0].shape[1], device=emb.device)
+            for i, f in enumerate(feats):
+                x[i, : f.shape[0]] = f
+            lens = torch.tensor(lengths, device=emb.device)
+            if not graphs:
+                return emb._run(x, lens).float()
+            key = (len(feats), frames)
+            if key not in graphs_by_shape:
+                sx, sl = x.clone(), lens.clone()
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # warm-up outside the capture (cuDNN plans, allocator)
+                        emb._run(sx, sl)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    out = emb._run(sx, sl).float()
+                graphs_by_shape[key] = (graph, sx, sl, out)
+            graph, sx, sl, out = graphs_by_shape[key]
+            sx.copy_(x)
+            sl.copy_(lens)
+            graph.replay()
+            return out.clone()
+
+    emb._forward = forward
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -272,6 +318,12 @@ def main() -> None:
         ("bf16", False, 128, "flip"),
         ("bf16", False, 256, None),
         ("tf32", False, 128, "flip"),
+        # experiments for the next device session (docs/performance.md, "GPU"): bucketed
+        # lengths, cuDNN's benchmark mode on them, CUDA graphs per bucketed shape
+        ("bf16", False, 128, "bucket"),
+        ("bf16", False, 128, "cudnn-bench"),
+        ("bf16", False, 128, "graphs"),
+        ("fp32", False, 128, "graphs"),
         ("bf16", True, 128, None),  # torch.compile: ~1-3 min of compiling each, so last
         ("fp32", True, 128, None),
     ]
@@ -279,9 +331,9 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         variants = [v for v in variants if variant_name(*v) in wanted]
-    for precision, comp, batch, layout in variants:
+    for precision, comp, batch, tweak in variants:
         if time.perf_counter() - start > args.budget:
-            rep.add(what="skipped", precision=precision, compile=comp, batch=batch, layout=layout)
+            rep.add(what="skipped", variant=variant_name(precision, comp, batch, tweak))
             continue
         if comp and not asset_done and args.asset:
             accuracy(args, rep, clips, labels, pcms)  # before the long compiles
@@ -291,7 +343,10 @@ def main() -> None:
             emb = Embedder(
                 common, device=args.device, backend="torch", precision=precision, compile=comp
             )
-            if layout == "flip":
+            if tweak in ("bucket", "graphs", "cudnn-bench"):
+                bucketed(emb, graphs=tweak == "graphs")
+            torch.backends.cudnn.benchmark = tweak == "cudnn-bench"
+            if tweak == "flip":
                 nhwc = nhwc_weights(emb._model)
                 emb._model.to(
                     memory_format=torch.contiguous_format if nhwc else torch.channels_last
@@ -306,10 +361,12 @@ def main() -> None:
             run()  # the workload once, so its batch shapes are known: then timed warm
             dt, vecs = timed(run, args.rounds)
             n = len(work)
-            if args.profile == variant_name(precision, comp, batch, layout):
+            if args.profile == variant_name(precision, comp, batch, tweak):
                 profile(run, rep, args.out, args.profile)
             rep.add(
                 what="speakerid",
+                variant=variant_name(precision, comp, batch, tweak),
+                tweak=tweak,
                 precision=precision,
                 compile=comp,
                 batch=batch,
@@ -403,9 +460,11 @@ def table(rows: list[dict], total: float) -> None:
                 f"   cold {r['utt_s']:.1f} utt/s"
             )
         if r["what"] == "speakerid":
+            tweak = r.get("tweak")
             label = (
                 f"{r['precision']}{' compile' if r['compile'] else ''} b{r['batch']}"
                 f"{' NHWC' if r['channels_last'] else ' NCHW'}"
+                f"{' ' + tweak if tweak and tweak != 'flip' else ''}"
             )
             print(
                 f"{label:<34} {r['utt_s']:8.1f} {r['ms_per_utt']:8.4f} {r['speedup']:7.2f}x "
