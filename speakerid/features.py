@@ -93,8 +93,12 @@ def fbank_batch(
     counts = [num_frames(t.numel()) for t in flat]
     if not any(counts):
         return [torch.zeros(0, NUM_MEL_BINS, device=device) for _ in counts]
-    # one host-to-device copy for the whole chunk, then each input's frames as a strided view
-    joined = torch.cat([t.cpu() for t in flat]).to(device, non_blocking=False)
+    # one host-to-device copy for the whole chunk (inputs already on a device, as in
+    # training, are joined there), then each input's frames as a strided view
+    if all(t.device.type == "cpu" for t in flat):
+        joined = torch.cat(flat).to(device)
+    else:
+        joined = torch.cat([t.to(device) for t in flat])
     frames, start = [], 0
     for t, n in zip(flat, counts):
         if n:
