@@ -131,3 +131,18 @@ def test_cli_precision_and_compile_as_users_configure_them(tiny_ckpt, tmp_path):
     )
     assert out.returncode == 2
     assert "use one of fp32, tf32, bf16, int8" in out.stderr
+
+
+def test_serve_takes_precision_and_compile_and_refuses_them_at_start(tiny_ckpt, tmp_path):
+    env = {"SPEAKERID_MODEL": str(tiny_ckpt)}
+    out = _cli(["serve", "--port", "0", "--precision", "tf32"], env, tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: precision tf32 needs a CUDA device (--device cuda)"
+    )
+    out = _cli(["serve", "--port", "0", "--compile"], env, tmp_path)
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip().splitlines()[-1]
+        == "error: --compile needs a CUDA device (--device cuda)"
+    )

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DeviceOpt, JsonOpt, ModelOpt, emit_json, handle_errors, open_service
+from .common import (
+    CompileOpt,
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    emit_json,
+    handle_errors,
+    open_service,
+)
 
 keys_app = typer.Typer(
     help="API keys of the HTTP service (stored hashed in the registry).", no_args_is_help=True
@@ -20,6 +30,8 @@ def serve(
     db: DbOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    compile: CompileOpt = False,
     workers: Annotated[
         int, typer.Option("--workers", help="Processes, each with the model (cores shared).")
     ] = 1,
@@ -61,9 +73,16 @@ def serve(
     Examples:
       speakerid serve
       speakerid serve --host 0.0.0.0 --port 8000 --workers 2
+      speakerid serve --device cuda --precision bf16 --compile
     """
+    import os
+
+    from .. import config
     from ..server.runner import run
     from ..server.settings import ServerSettings
+
+    if precision:  # like --compile: through the environment, so every worker process sees it
+        os.environ[config.ENV_PRECISION] = config.check_precision(precision)
 
     settings = ServerSettings(
         db=str(db) if db else None,
