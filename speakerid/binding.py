@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from .errors import ModelError, ModelNotInstalledError
+from .errors import DeviceError, ModelError, ModelNotInstalledError, OnnxUnavailableError
 from .registry.database import DatabaseURL
 from .registry.store import Registry
+
+#: Model errors about how to run the network, not about the file: never "if the file moved".
+RUN_ERRORS = (DeviceError, OnnxUnavailableError)
 
 
 class ModelBinding:
@@ -110,7 +113,8 @@ class ModelBinding:
                     precision=self._precision,
                 )
             except ModelError as exc:
-                if binding is None or requested:
+                # how to run it (device, precision, backend) is not about where the file is
+                if binding is None or requested or isinstance(exc, RUN_ERRORS):
                     raise
                 raise ModelNotInstalledError(
                     f"registry {self.location} is bound to model {binding.model_name!r} "

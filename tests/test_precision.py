@@ -19,7 +19,7 @@ from speakerid.audio import load_audio
 from speakerid.embedder import Embedder
 from speakerid.runtime import route_backend, tf32
 
-from .conftest import speechlike, wav_bytes
+from .conftest import ROOT, speechlike, wav_bytes
 
 
 @pytest.mark.parametrize(
@@ -146,3 +146,29 @@ def test_serve_takes_precision_and_compile_and_refuses_them_at_start(tiny_ckpt, 
         out.stderr.strip().splitlines()[-1]
         == "error: --compile needs a CUDA device (--device cuda)"
     )
+
+
+def test_a_bound_registry_says_what_is_wrong_with_the_run_not_the_file(tiny_ckpt, tmp_path):
+    """--precision tf32 or --device cuda on a CPU: the one line names that, not a moved model
+    file, and the registry is left as it was."""
+    clip = ROOT / "data" / "clips" / "so0003" / "000030012.opus"  # real speech: past the gates
+    (tmp_path / "a.opus").write_bytes(clip.read_bytes())
+    out = _cli(
+        ["enroll", "alice", "a.opus", "--force"], {"SPEAKERID_MODEL": str(tiny_ckpt)}, tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    db = tmp_path / "home" / "registry.db"
+    before = db.read_bytes()
+    for args, line in [
+        (["--precision", "tf32"], "error: precision tf32 needs a CUDA device (--device cuda)"),
+        (
+            ["--device", "cuda"],
+            "error: CUDA was requested (--device cuda) but no CUDA device is available",
+        ),
+    ]:
+        if torch.cuda.is_available():
+            break
+        out = _cli(["verify", "alice", "a.opus", *args], {}, tmp_path)
+        assert out.returncode == 2
+        assert out.stderr.strip() == line
+    assert db.read_bytes() == before
