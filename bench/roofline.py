@@ -139,11 +139,73 @@ def winograd(shapes: list[tuple], reps: int) -> list[dict]:
     return rows
 
 
+def whole_network(net, onnx_path: Path, files: int, rounds: int) -> dict:
+    """ms per real dev utterance: ONNX Runtime vs PyTorch with every 3x3 stride-1 convolution
+    through NNPACK (BatchNorm folded), at 1 and 2 threads (min of rounds)."""
+    import csv
+
+    import onnxruntime as ort
+    import soundfile as sf
+    import torch
+
+    from speakerid.features import fbank_numpy
+    from speakerid.models.eres2netv2 import fold_batchnorm
+
+    dev = ROOT.parent / "shared" / "datasets" / "speechocean762-dev"
+    with open(dev / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))[:files]
+    feats = [fbank_numpy(sf.read(dev / r["path"], dtype="float32")[0]) for r in rows]
+    winograd_net = fold_batchnorm(copy.deepcopy(net))
+    for mod in winograd_net.modules():
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3) and mod.in_channels > 1:
+            if mod.stride == (1, 1):
+                bias = mod.bias if mod.bias is not None else torch.zeros(mod.out_channels)
+                mod.forward = lambda x, w=mod.weight, b=bias: torch._nnpack_spatial_convolution(
+                    x.contiguous(), w, b, [1, 1]
+                )
+    out: dict = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+        def run_ort(f, sess=sess):
+            return sess.run(None, {"feats": f[None]})[0][0]
+
+        def run_torch(f):
+            with torch.inference_mode():
+                return winograd_net(torch.from_numpy(f)[None])[0].numpy()
+
+        paths = {"onnxruntime": run_ort, "torch+winograd": run_torch}
+        embs = {k: [fn(f) for f in feats] for k, fn in paths.items()}
+        best = dict.fromkeys(paths, float("inf"))
+        for k, fn in paths.items():  # one path's rounds together: ONNX Runtime's threads
+            for _ in range(rounds):  # spin after a run, which would slow the other's start
+                t0 = time.perf_counter()
+                for f in feats:
+                    fn(f)
+                best[k] = min(best[k], (time.perf_counter() - t0) / len(feats) * 1e3)
+        cos = min(
+            float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+            for a, b in zip(embs["onnxruntime"], embs["torch+winograd"], strict=True)
+        )
+        out[threads] = {**best, "min_cosine": cos}
+        print(
+            f"whole network, {threads} thread(s), {len(feats)} dev utterances: ONNX Runtime "
+            f"{best['onnxruntime']:.1f} ms, PyTorch + Winograd {best['torch+winograd']:.1f} ms "
+            f"per utterance (min cosine {cos:.7f})"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=360, help="utterance length (10 ms frames)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--winograd", action="store_true", help="also time NNPACK's Winograd")
+    ap.add_argument("--files", type=int, default=12, help="dev utterances (--winograd)")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     args = ap.parse_args()
 
@@ -156,9 +218,9 @@ def main() -> None:
     net = ERes2NetV2().eval()
     convs = conv_macs(fold_batchnorm(copy.deepcopy(net)), args.frames)
     total_macs = sum(c["macs"] for c in convs.values())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(net, Path(tmp) / "common.onnx")
-        times = ort_node_times(path, args.frames, args.rounds)
+    tmp = tempfile.TemporaryDirectory()
+    path = export_onnx(net, Path(tmp.name) / "common.onnx")
+    times = ort_node_times(path, args.frames, args.rounds)
     macs_of = collections.Counter()
     for c in convs.values():
         macs_of[c["kind"]] += c["macs"]
@@ -220,6 +282,9 @@ def main() -> None:
                 f"{r['direct_err']:11.1e} {r['winograd_err']:13.1e}"
             )
         report["winograd"] = rows
+        print()
+        report["whole_network"] = whole_network(net, path, args.files, args.rounds)
+    tmp.cleanup()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
