@@ -74,13 +74,15 @@ def ort_node_times(
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.enable_profiling = True
+    so.profile_file_prefix = str(onnx_path.with_suffix(""))  # beside the temporary export
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((1, frames, 80)).astype(np.float32)
     for _ in range(rounds + 1):
         sess.run(None, {"feats": x})
-    with open(sess.end_profiling()) as f:
-        events = json.load(f)
+    profile = Path(sess.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
     times = collections.defaultdict(list)
     kinds: dict[str, tuple[str, str, tuple]] = {}
     for e in events:

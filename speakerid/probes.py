@@ -2,7 +2,8 @@
 
 Every probe is decoded and gated (``gates.load_probes``: too little speech is rejected unscored)
 before any is embedded; identification runs in chunks of ``PROBE_CHUNK`` files, in bounded
-memory, and a probe in which several voices speak gets no single answer (``tracking.guard``).
+memory, and a probe in which several voices speak gets no single answer (``tracking.guard``):
+``identify`` names nobody, ``verify`` and ``compare`` reject it unscored, with the reason.
 """
 
 from __future__ import annotations
@@ -82,8 +83,7 @@ class Probes:
                     )
                     found = [  # several voices: no single answer (see tracking.guard)
                         IdentifyResult(
-                            r.file, None, REJECTED_SCORE, False, t, [],
-                            f"{c.message(r.file)}; use speakerid track to see who speaks when",
+                            r.file, None, REJECTED_SCORE, False, t, [], _several(c, r.file)
                         ) if c.several else r
                         for r, c in zip(found, checks)
                     ]  # fmt: skip
@@ -156,7 +156,12 @@ class Probes:
             return VerifyResult(
                 check_name(name), clips[0].source, REJECTED_SCORE, t, False, reasons[0]
             )
-        emb = self.bound.embedder.embed_many(clips)[0]
+        raw_t = self.thresholds.resolve()[0] if asnorm else t  # the guard compares cosines
+        (emb,), (check,) = self._embed_checked(clips, raw_t)
+        if check.several:
+            return VerifyResult(
+                check_name(name), emb.source, REJECTED_SCORE, t, False, _several(check, emb.source)
+            )
         score = _cosine(voiceprint, emb.vector)
         if asnorm:
             from .scoring import registry_asnorm
@@ -175,15 +180,29 @@ class Probes:
         if any(reasons):
             why = "; ".join(r for r in reasons if r)
             return CompareResult(clips[0].source, clips[1].source, REJECTED_SCORE, t, False, why)
-        ea, eb = self.bound.embedder.embed_many(clips)
+        (ea, eb), checks = self._embed_checked(clips, t)
+        several = [_several(c, e.source) for c, e in zip(checks, (ea, eb)) if c.several]
+        if several:
+            return CompareResult(ea.source, eb.source, REJECTED_SCORE, t, False, "; ".join(several))
         score = _cosine(ea.vector, eb.vector)
         return CompareResult(ea.source, eb.source, score, t, score >= t)
+
+    def _embed_checked(self, clips: list, threshold: float) -> tuple[list, list]:
+        """Embeddings and multi-speaker checks (``tracking.guard``) of decoded probes."""
+        from .tracking.guard import embed_checked
+
+        return embed_checked(self.bound.embedder, clips, threshold)
 
     def require_speakers(self) -> None:
         if self.bound.registry.is_empty():
             raise EmptyRegistryError(
                 "the registry is empty: enroll speakers first (speakerid enroll NAME FILE...)"
             )
+
+
+def _several(check, source: str) -> str:
+    """The reason given for a probe in which several voices speak: no single answer."""
+    return f"{check.message(source)}; use speakerid track to see who speaks when"
 
 
 def _failed(item) -> bool:

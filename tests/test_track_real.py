@@ -157,3 +157,65 @@ def test_identify_says_several_speakers_and_points_to_track(two_voices, one_voic
     assert single["reason"] is None and single["speaker"] == "Bob"
     text = runner.invoke(app, ["identify", str(two_voices), "--db", db])
     assert text.exit_code == 1 and "unknown\t(several speakers in" in text.stdout
+
+
+def test_verify_and_compare_reject_a_recording_with_two_voices(two_voices, one_voice, tmp_path):
+    """A second voice for 46 % of the speech: "is this Bob?" gets no yes, whatever Bob's part
+    scores, and compare scores nothing; the one-voice recording is still accepted."""
+    db = str(tmp_path / "reg.db")
+    enrolled = runner.invoke(
+        app, ["enroll", "Bob", str(one_voice), "--db", db, "--model", str(TEST_MODEL)]
+    )
+    assert enrolled.exit_code == 0, enrolled.output
+    res = runner.invoke(
+        app, ["verify", "Bob", str(two_voices), str(one_voice), "--db", db, "--json"]
+    )
+    assert res.exit_code == 1, res.output
+    mixed, single = json.loads(res.stdout)
+    assert mixed["accepted"] is False and mixed["score"] == -1.0
+    assert mixed["reason"].startswith(f"several speakers in {two_voices}: a second voice holds 4")
+    assert mixed["reason"].endswith("use speakerid track to see who speaks when")
+    assert single["accepted"] is True and single["reason"] is None and single["score"] > 0.9
+    text = runner.invoke(app, ["verify", "Bob", str(two_voices), "--db", db])
+    assert text.exit_code == 1
+    assert f"rejected: {two_voices} vs Bob: several speakers in {two_voices}" in text.stdout
+    pair = runner.invoke(app, ["compare", str(one_voice), str(two_voices), "--db", db, "--json"])
+    assert pair.exit_code == 1, pair.output
+    out = json.loads(pair.stdout)
+    assert out["accepted"] is False and out["score"] == -1.0
+    assert out["reason"].startswith(f"several speakers in {two_voices}: a second voice holds")
+    same = runner.invoke(app, ["compare", str(one_voice), str(one_voice), "--db", db, "--json"])
+    assert same.exit_code == 0 and json.loads(same.stdout)["reason"] is None
+
+
+def test_verify_guard_as_users_configure_it(two_voices, one_voice, tmp_path):
+    """A fresh process, the model from the environment, relative paths, a clean home; the
+    registry is the default one and AS-Norm scoring is asked for: still no yes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(two_voices, work / "two.wav")
+    shutil.copy(one_voice, work / "bob.wav")
+    for i, spk in enumerate(("so0003", "so0120", "so0111")):  # an AS-Norm cohort
+        shutil.copy(sorted((CLIPS / spk).glob("*.opus"))[0], work / f"c{i}.opus")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
+    env.update(SPEAKERID_HOME="home", SPEAKERID_MODEL=str(TEST_MODEL), SPEAKERID_OFFLINE="1")
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "speakerid", *args],
+            capture_output=True, text=True, env=env, cwd=work, timeout=300,
+        )  # fmt: skip
+
+    for name, f in (("Bob", "bob.wav"), ("C0", "c0.opus"), ("C1", "c1.opus"), ("C2", "c2.opus")):
+        assert cli("enroll", name, f).returncode == 0
+    res = cli("verify", "Bob", "two.wav", "--asnorm", "--threshold", "2.0")
+    assert res.returncode == 1, res.stderr
+    assert res.stdout.startswith("rejected: two.wav vs Bob: several speakers in two.wav")
+    ok = cli("verify", "Bob", "bob.wav", "--asnorm", "--threshold", "2.0")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (work / "home").is_dir()
