@@ -195,13 +195,16 @@ def test_verify_guard_as_users_configure_it(two_voices, one_voice, tmp_path):
     import shutil
     import subprocess
     import sys
+    from pathlib import Path
 
     work = tmp_path / "work"
-    work.mkdir()
+    people = work / "people"
+    cohort = [sorted((CLIPS / s).glob("*.opus"))[0] for s in ("so0003", "so0120", "so0111")]
+    for name, src in [("Bob", one_voice)] + [(f"C{i}", f) for i, f in enumerate(cohort)]:
+        (people / name).mkdir(parents=True)
+        shutil.copy(src, people / name / Path(src).name)
     shutil.copy(two_voices, work / "two.wav")
     shutil.copy(one_voice, work / "bob.wav")
-    for i, spk in enumerate(("so0003", "so0120", "so0111")):  # an AS-Norm cohort
-        shutil.copy(sorted((CLIPS / spk).glob("*.opus"))[0], work / f"c{i}.opus")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
     env.update(SPEAKERID_HOME="home", SPEAKERID_MODEL=str(TEST_MODEL), SPEAKERID_OFFLINE="1")
 
@@ -211,8 +214,8 @@ def test_verify_guard_as_users_configure_it(two_voices, one_voice, tmp_path):
             capture_output=True, text=True, env=env, cwd=work, timeout=300,
         )  # fmt: skip
 
-    for name, f in (("Bob", "bob.wav"), ("C0", "c0.opus"), ("C1", "c1.opus"), ("C2", "c2.opus")):
-        assert cli("enroll", name, f).returncode == 0
+    enrolled = cli("enroll-dir", "people")
+    assert enrolled.returncode == 0, enrolled.stderr
     res = cli("verify", "Bob", "two.wav", "--asnorm", "--threshold", "2.0")
     assert res.returncode == 1, res.stderr
     assert res.stdout.startswith("rejected: two.wav vs Bob: several speakers in two.wav")
