@@ -5,7 +5,8 @@ the median is reported. Baselines: a bare ``python -c pass`` and ``import torch,
 (the floor any PyTorch tool pays before it can embed anything). Registry commands (``list``,
 ``show``, ``info``, ``remove``) must not import torch, so they should sit near the Python floor;
 ``verify`` pays for the model load and one 3 s utterance: by default (ONNX Runtime, cached
-export) without torch, and with ``SPEAKERID_BACKEND=torch`` with it, for comparison.
+export) without torch, and with ``SPEAKERID_BACKEND=torch`` with it, for comparison; and for a
+longer claim (4 utterances joined), which the multi-speaker guard checks.
 
     python bench/cli.py              # test-asset model (../shared), 5 repeats
 
@@ -71,6 +72,14 @@ def main() -> int:
             capture_output=True,
         )
         claim = str(mine[3])
+        # a longer one-voice claim (>= 4 s of speech): the multi-speaker guard checks it
+        import numpy as np
+        import soundfile as sf
+
+        joined = [sf.read(f, dtype="float32")[0] for f in mine[4:8]]
+        long_claim = str(Path(tmp) / "long.wav")
+        sf.write(long_claim, np.concatenate(joined), 16000)
+        long_label = f"speakerid verify alice {sum(map(len, joined)) / 16000:.0f}s.wav"
         cases = [
             ("python -c pass", [sys.executable, "-c", "pass"], (0,)),
             (
@@ -86,6 +95,7 @@ def main() -> int:
             ("speakerid remove nobody --yes", [*sid, "remove", "nobody", "--yes"], (2,)),
             # exit 0 accepted / 1 rejected, both are answers
             ("speakerid verify alice 3s.wav", [*sid, "verify", "alice", claim], (0, 1)),
+            (long_label, [*sid, "verify", "alice", long_claim], (0, 1)),
             (
                 "SPEAKERID_BACKEND=torch speakerid verify ...",
                 [*sid, "verify", "alice", claim],

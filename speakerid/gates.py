@@ -37,17 +37,23 @@ def check_min_speech(value: float) -> float:
     return value
 
 
-def probe_rejection(clip: AudioClip, min_speech: float) -> str | None:
+def probe_rejection(
+    clip: AudioClip, min_speech: float
+) -> tuple[str | None, list[tuple[int, int]] | None]:
     """Why a probe gets no match (less speech than ``min_speech``), or None when it may be
-    scored. ``min_speech`` 0 disables the check (the VAD is then not run)."""
+    scored, and the speech segments the VAD found (kept for the multi-speaker guard, which
+    needs them too: one VAD pass per probe). ``min_speech`` 0 disables the check (the VAD is
+    then not run, and the segments are None)."""
     if min_speech <= 0:
-        return None
-    from .vad import speech_seconds
+        return None, None
+    from .vad import speech_segments
 
-    seconds = speech_seconds(clip.samples)
+    speech = speech_segments(clip.samples)
+    seconds = sum(b - a for a, b in speech) / SAMPLE_RATE
     if seconds >= min_speech:
-        return None
-    return f"no speech: {seconds:.2f} s of speech in {clip.source} (minimum {min_speech:.2f} s)"
+        return None, speech
+    why = f"no speech: {seconds:.2f} s of speech in {clip.source} (minimum {min_speech:.2f} s)"
+    return why, speech
 
 
 def each_file(
@@ -74,15 +80,18 @@ def each_file(
 
 def load_probes(
     files: Sequence, min_speech: float, fail_fast: bool = True
-) -> tuple[list[AudioClip | FileError], list[str | None]]:
-    """Decode probes (all first, so a bad file fails before any work) and gate each one.
+) -> tuple[list[AudioClip | FileError], list[str | None], list[list[tuple[int, int]] | None]]:
+    """Decode probes (all first, so a bad file fails before any work) and gate each one ->
+    (clips, rejection reasons, speech segments; see ``probe_rejection``).
 
     With ``fail_fast`` off, a file that cannot be decoded gets a ``FileError`` in its place
     (and no reason) instead of raising."""
     min_speech = check_min_speech(min_speech)
     items = each_file(load_audio, files, fail_fast)
-    reasons = [None if isinstance(c, FileError) else probe_rejection(c, min_speech) for c in items]
-    return items, reasons
+    gated = [
+        (None, None) if isinstance(c, FileError) else probe_rejection(c, min_speech) for c in items
+    ]
+    return items, [g[0] for g in gated], [g[1] for g in gated]
 
 
 def with_rejected(

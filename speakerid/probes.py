@@ -63,17 +63,24 @@ class Probes:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(load, parts[0]) if parts else None
             for k in range(len(parts)):
-                items, reasons = pending.result()
+                items, reasons, speech = pending.result()
                 if k + 1 < len(parts):
                     pending = pool.submit(load, parts[k + 1])
-                kept = [c for c, r in zip(items, reasons) if r is None and not _failed(c)]
+                keep = [
+                    i
+                    for i, (c, r) in enumerate(zip(items, reasons))
+                    if r is None and not _failed(c)
+                ]
+                kept = [items[i] for i in keep]
                 found = []
                 if kept:
                     from .tracking.guard import embed_checked
 
                     # the guard compares cosines
                     raw_t = self.thresholds.resolve()[0] if asnorm else t
-                    embs, checks = embed_checked(self.bound.embedder, kept, raw_t, on_progress)
+                    embs, checks = embed_checked(
+                        self.bound.embedder, kept, raw_t, on_progress, [speech[i] for i in keep]
+                    )
                     found = self.identify_embeddings(
                         np.stack([e.vector for e in embs]),
                         top_k,
@@ -151,13 +158,13 @@ class Probes:
         """See ``SpeakerID.verify``."""
         t, _ = self.thresholds.resolve(threshold, asnorm)
         voiceprint = self.bound.registry.voiceprint(name)  # unknown speaker: before embedding
-        clips, reasons = load_probes([audio], min_speech)
+        clips, reasons, speech = load_probes([audio], min_speech)
         if reasons[0]:
             return VerifyResult(
                 check_name(name), clips[0].source, REJECTED_SCORE, t, False, reasons[0]
             )
         raw_t = self.thresholds.resolve()[0] if asnorm else t  # the guard compares cosines
-        (emb,), (check,) = self._embed_checked(clips, raw_t)
+        (emb,), (check,) = self._embed_checked(clips, raw_t, speech)
         if check.several:
             return VerifyResult(
                 check_name(name), emb.source, REJECTED_SCORE, t, False, _several(check, emb.source)
@@ -176,22 +183,23 @@ class Probes:
         """See ``SpeakerID.compare``."""
         self.bound.registry_free()
         t, _ = self.thresholds.resolve(threshold)
-        clips, reasons = load_probes([a, b], min_speech)
+        clips, reasons, speech = load_probes([a, b], min_speech)
         if any(reasons):
             why = "; ".join(r for r in reasons if r)
             return CompareResult(clips[0].source, clips[1].source, REJECTED_SCORE, t, False, why)
-        (ea, eb), checks = self._embed_checked(clips, t)
+        (ea, eb), checks = self._embed_checked(clips, t, speech)
         several = [_several(c, e.source) for c, e in zip(checks, (ea, eb)) if c.several]
         if several:
             return CompareResult(ea.source, eb.source, REJECTED_SCORE, t, False, "; ".join(several))
         score = _cosine(ea.vector, eb.vector)
         return CompareResult(ea.source, eb.source, score, t, score >= t)
 
-    def _embed_checked(self, clips: list, threshold: float) -> tuple[list, list]:
-        """Embeddings and multi-speaker checks (``tracking.guard``) of decoded probes."""
+    def _embed_checked(self, clips: list, threshold: float, speech: list) -> tuple[list, list]:
+        """Embeddings and multi-speaker checks (``tracking.guard``) of decoded probes, with
+        the speech segments their gate found."""
         from .tracking.guard import embed_checked
 
-        return embed_checked(self.bound.embedder, clips, threshold)
+        return embed_checked(self.bound.embedder, clips, threshold, speech=speech)
 
     def require_speakers(self) -> None:
         if self.bound.registry.is_empty():

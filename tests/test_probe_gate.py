@@ -157,3 +157,32 @@ def test_a_rejected_probe_never_loads_the_model_or_torch(reg):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "False"]
+
+
+def test_each_probe_goes_through_the_vad_once(reg, monkeypatch, write_wav):
+    """The speech gate and the multi-speaker guard need the same segments: one VAD pass per
+    probe (a pass is ~20-60 ms of a one-shot command), for short probes and for ones long
+    enough (>= 4 s of speech) to be checked for a second voice."""
+    import numpy as np
+    import soundfile as sf
+
+    from speakerid import vad
+
+    db, _ = reg
+    long = np.concatenate(
+        [sf.read(CLIPS / "so0003" / f, dtype="float32")[0] for f in ("000030051.opus",) * 3]
+    )
+    long_probe = write_wav("long.wav", long)
+    calls = []
+    real = vad.speech_probs
+    monkeypatch.setattr(vad, "speech_probs", lambda x: calls.append(len(x)) or real(x))
+    with SpeakerID(db=db) as sid:
+        r = sid.verify("so0003", GENUINE)
+        assert r.accepted and len(calls) == 1
+        r = sid.verify("so0003", long_probe)
+        assert r.accepted and r.reason is None and len(calls) == 2
+        found = sid.identify_many([GENUINE, long_probe])
+        assert [f.speaker for f in found] == ["so0003", "so0003"] and len(calls) == 4
+        c = sid.compare(GENUINE, long_probe)
+        assert c.accepted and len(calls) == 6
+    assert calls[1] == len(long)  # the long probe itself (not a part of it) was the one run

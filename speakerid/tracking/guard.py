@@ -115,13 +115,16 @@ def embed_checked(
     clips: Sequence[AudioClip],
     threshold: float,
     on_progress: Callable[[int], None] | None = None,
+    speech: Sequence[list | None] | None = None,
 ):
     """Embeddings of ``clips`` (as ``embedder.embed_many``) and a ``VoiceCheck`` for each;
     ``threshold``: the verification threshold of the model (registry or card). Clips too short
-    to check go through ``embed_many`` unchanged (batched as usual)."""
+    to check go through ``embed_many`` unchanged (batched as usual). ``speech``: each clip's
+    speech segments where the caller's gate already ran the VAD (None entries: run here)."""
     from ..vad import speech_segments
 
-    speech = [speech_segments(c.samples) for c in clips]
+    known = list(speech) if speech is not None else [None] * len(clips)
+    speech = [sp if sp is not None else speech_segments(c.samples) for c, sp in zip(clips, known)]
     seconds = [sum(b - a for a, b in sp) / SAMPLE_RATE for sp in speech]
     short = [i for i, s in enumerate(seconds) if s < MIN_SPEECH]
     embs: list = [None] * len(clips)
