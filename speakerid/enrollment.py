@@ -20,7 +20,7 @@ import numpy as np
 from .audio import SAMPLE_RATE, AudioClip, load_audio
 from .binding import ModelBinding
 from .errors import AudioQualityError, InvalidInputError, SpeakerExistsError
-from .gates import check_min_speech, gate_enrollment_files, gated_files, split_enrolled, trimmed
+from .gates import check_min_speech, gated_files, split_enrolled, trimmed
 from .quality import MIN_SPEECH_SECONDS
 from .registry.store import NewUtterance, check_name
 from .results import EnrollResult, TrackResult
@@ -43,6 +43,7 @@ class _Accepted:
     path: Path
     spans: list[tuple[int, int]] | None
     clip: AudioClip | None = None
+    speech: list[tuple[int, int]] | None = None  # Gated.speech
 
     def load(self) -> AudioClip:
         return self.clip if self.clip is not None else trimmed(load_audio(self.path), self.spans)
@@ -73,8 +74,12 @@ class Enrollment:
             raise InvalidInputError("enroll needs at least one audio file")
         if not append:
             self._refuse_existing([name])  # before embedding
-        clips, warnings, report = gate_enrollment_files(audio_files, vad, force, min_speech)
-        embs = self._embed(clips, force, on_progress)
+        gated = list(gated_files(audio_files, vad, force, min_speech))
+        embs = self._embed(
+            [g.clip for g in gated], force, on_progress, speech=[g.speech for g in gated]
+        )
+        warnings = [w for g in gated for w in g.warnings]
+        report = [g.row for g in gated]
         self.bound.bind()
         utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
         res = self.bound.registry.enroll(name, utts, append=append, metadata=metadata)
@@ -116,7 +121,9 @@ class Enrollment:
                 quality.append(g.row)
                 keep = len(g.clip.samples) <= budget
                 budget -= len(g.clip.samples) if keep else 0
-                kept.append(_Accepted(Path(g.clip.source), g.spans, g.clip if keep else None))
+                kept.append(
+                    _Accepted(Path(g.clip.source), g.spans, g.clip if keep else None, g.speech)
+                )
             reports[name], accepted[name] = (warnings, quality), kept
         items = []
         for name in list(accepted):
@@ -126,7 +133,13 @@ class Enrollment:
                 on_progress(left_out)
             if files:
                 clips = [f.load() for f in files]  # one speaker's audio at a time
-                embs = self._embed(clips, force, on_progress, errors if skip_errors else None)
+                embs = self._embed(
+                    clips,
+                    force,
+                    on_progress,
+                    errors if skip_errors else None,
+                    [f.speech for f in files],
+                )
                 utts = [NewUtterance(e.vector, e.source, e.duration, e.sha256) for e in embs]
                 if utts:
                     items.append((name, utts))
@@ -208,14 +221,16 @@ class Enrollment:
                     f"speaker {name!r} already exists; use --append to add utterances to it"
                 )
 
-    def _embed(self, clips, force: bool, on_progress, errors: list | None = None):
+    def _embed(
+        self, clips, force: bool, on_progress, errors: list | None = None, speech=None
+    ) -> list:
         """Embeddings of enrollment clips; a recording in which a second voice speaks for a
         significant share is refused (``tracking.guard``) unless ``force``, or with ``errors``
-        reported there and left out."""
+        reported there and left out. ``speech``: the clips' segments where the gate has them."""
         from .tracking.guard import embed_checked
 
         threshold = self.thresholds.resolve()[0]
-        embs, checks = embed_checked(self.bound.embedder, clips, threshold, on_progress)
+        embs, checks = embed_checked(self.bound.embedder, clips, threshold, on_progress, speech)
         out = []
         for emb, check in zip(embs, checks):
             if check.several and not force:

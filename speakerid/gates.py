@@ -119,12 +119,15 @@ class Gated:
     """An enrollment clip that passed the gate: the ``clip`` to embed (trimmed to its speech
     with ``vad``), its ``warnings`` and quality report ``row``, and ``spans``, the sample
     ranges the trimming kept (None: the whole clip), so that the file can be decoded again and
-    trimmed the same way without running the VAD again (``trimmed``)."""
+    trimmed the same way without running the VAD again (``trimmed``). ``speech``: the speech
+    segments of ``clip`` when it was not trimmed (the multi-speaker guard needs them: one VAD
+    pass per file), else None."""
 
     clip: AudioClip
     warnings: list[str]
     row: dict
     spans: list[tuple[int, int]] | None = None
+    speech: list[tuple[int, int]] | None = None
 
 
 def trimmed(clip: AudioClip, spans: list[tuple[int, int]] | None) -> AudioClip:
@@ -157,7 +160,8 @@ def enrollment_gate(clip: AudioClip, vad: bool, force: bool, min_speech: float) 
         segments = segments_from_probs(probs, len(clip.samples), pad_ms=TRIM_PAD_MS)
         if len(keep_speech(clip.samples, segments)) >= MIN_SECONDS * SAMPLE_RATE:
             spans = segments
-    return Gated(trimmed(clip, spans), warnings, row, spans)
+    speech = segments_from_probs(probs, len(clip.samples)) if spans is None else None
+    return Gated(trimmed(clip, spans), warnings, row, spans, speech)
 
 
 def gated_files(

@@ -8,6 +8,7 @@ against it and was accepted) and so0003/so0044 from data/clips.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -186,3 +187,37 @@ def test_each_probe_goes_through_the_vad_once(reg, monkeypatch, write_wav):
         c = sid.compare(GENUINE, long_probe)
         assert c.accepted and len(calls) == 6
     assert calls[1] == len(long)  # the long probe itself (not a part of it) was the one run
+
+
+def test_each_enrollment_file_goes_through_the_vad_once(tmp_path, monkeypatch, write_wav):
+    """enroll and enroll-dir: the gate's VAD pass serves the multi-speaker guard too (not with
+    --vad, where the guard sees the trimmed audio and runs its own pass on it)."""
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    from speakerid import vad
+
+    def joined(name: str, speaker: str, clip: str) -> tuple[Path, int]:
+        x = np.concatenate([sf.read(CLIPS / speaker / clip, dtype="float32")[0]] * 3)
+        return write_wav(name, x), len(x)  # >= 4 s of speech: checked for a second voice
+
+    long_file, n = joined("long.wav", "so0044", "000440021.opus")
+    other, _ = joined("other.wav", "so0111", "001110039.opus")
+    again, n_again = joined("again.wav", "so0044", "000440005.opus")
+    people = tmp_path / "people"
+    for name, src in (("a", CLIPS / "so0003" / "000030012.opus"), ("b", other)):
+        (people / name).mkdir(parents=True)
+        shutil.copy(src, people / name)
+    calls = []
+    real = vad.speech_probs
+    monkeypatch.setattr(vad, "speech_probs", lambda x: calls.append(len(x)) or real(x))
+    with SpeakerID(db=tmp_path / "reg.db", model=TEST_MODEL) as sid:
+        sid.enroll("so0044", [long_file])
+        assert calls == [n]
+        results, errs = sid.enroll_dir(people)
+        assert errs == [] and len(results) == 2 and len(calls) == 3
+        sid.enroll("so0044", [again], append=True, vad=True)
+        assert len(calls) == 5 and calls[3] == n_again  # the gate on the file, then the guard
+        assert calls[4] < n_again  # on the trimmed speech
