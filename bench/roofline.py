@@ -6,9 +6,12 @@ ONNX Runtime's time per node (its profiler, one thread, one utterance), the rate
 reaches, and the core's fp32 peak as its fastest large convolution shows it. ``--winograd``
 also times each 3x3 stride-1 shape of the model through NNPACK's Winograd convolution (the one
 multiply-saving exact algorithm reachable from Python here, via PyTorch) against PyTorch's
-direct convolution and ONNX Runtime's, with its error against float64.
+direct convolution and ONNX Runtime's, with its error against float64. ``--bf16-stages`` runs
+each stage of the trained test asset alone under bfloat16 (the rest in float32) and reports
+the minimum cosine to float32 on real speech: could a partly-bf16 default stay exact (cosine
+>= 0.99999)?
 
-    python bench/roofline.py --frames 360 --winograd
+    python bench/roofline.py --frames 360 --winograd --bf16-stages
 """
 
 from __future__ import annotations
@@ -202,12 +205,59 @@ def whole_network(net, onnx_path: Path, files: int, rounds: int) -> dict:
     return out
 
 
+def bf16_stages(files: int) -> dict[str, float]:
+    """Min cosine to float32 over ``files`` dev utterances with one stage of the trained asset
+    (BatchNorm folded) under CPU bf16 autocast, the others in float32."""
+    import csv
+
+    import soundfile as sf
+    import torch
+
+    from speakerid.features import fbank_numpy
+    from speakerid.models.eres2netv2 import fold_batchnorm
+    from speakerid.weights import load_model
+
+    asset = ROOT.parent / "shared" / "models" / "eres2netv2-m32-so762.pt"
+    dev = ROOT.parent / "shared" / "datasets" / "speechocean762-dev"
+    net = fold_batchnorm(load_model(asset).eval())
+    with open(dev / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    rows = rows[:: max(1, len(rows) // files)][:files]
+    feats = [
+        torch.from_numpy(fbank_numpy(sf.read(dev / r["path"], dtype="float32")[0]))[None]
+        for r in rows
+    ]
+
+    def embeddings() -> torch.Tensor:
+        with torch.inference_mode():
+            out = torch.cat([net(f).float() for f in feats]).double()
+        return torch.nn.functional.normalize(out, dim=1)
+
+    ref = embeddings()
+    stages = ["conv1", "layer1", "layer2", "layer3", "layer3_ds", "layer4", "fuse34", "seg_1"]
+    out = {}
+    for name in stages:
+        mod = getattr(net, name)
+        plain = mod.forward
+
+        def bf16(*a, _plain=plain):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return _plain(*a).float()
+
+        mod.forward = bf16
+        out[name] = float((embeddings() * ref).sum(dim=1).min())
+        mod.forward = plain
+        print(f"bf16 in {name:10s} only: min cosine to fp32 {out[name]:.7f} ({len(feats)} files)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=360, help="utterance length (10 ms frames)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--winograd", action="store_true", help="also time NNPACK's Winograd")
     ap.add_argument("--files", type=int, default=12, help="dev utterances (--winograd)")
+    ap.add_argument("--bf16-stages", action="store_true", help="bf16 one stage at a time")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     args = ap.parse_args()
 
@@ -287,6 +337,9 @@ def main() -> None:
         print()
         report["whole_network"] = whole_network(net, path, args.files, args.rounds)
     tmp.cleanup()
+    if args.bf16_stages:
+        print()
+        report["bf16_stages"] = bf16_stages(30)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
