@@ -207,6 +207,7 @@ def test_verify_guard_as_users_configure_it(two_voices, one_voice, tmp_path):
     shutil.copy(one_voice, work / "bob.wav")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAKERID_")}
     env.update(SPEAKERID_HOME="home", SPEAKERID_MODEL=str(TEST_MODEL), SPEAKERID_OFFLINE="1")
+    env["SPEAKERID_CACHE"] = os.environ["SPEAKERID_CACHE"]  # the run's ONNX exports (conftest)
 
     def cli(*args):
         return subprocess.run(
