@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import conversations as conv  # noqa: E402
 
 from speakerid.errors import AudioQualityError  # noqa: E402
-from speakerid.gates import gate_enrollment_files  # noqa: E402
+from speakerid.gates import gated_files  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "datasets" / "speechocean762-dev"
@@ -82,7 +82,7 @@ def build_registry(db: Path, model: Path, split: conv.Split) -> None:
             files = []
             for u in utts:
                 try:
-                    gate_enrollment_files([DATA / u], False, False, 1.0)
+                    next(gated_files([DATA / u], False, False, 1.0))
                     files.append(DATA / u)
                 except AudioQualityError:
                     pass

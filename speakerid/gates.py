@@ -183,18 +183,6 @@ def gated_files(
         yield gated
 
 
-def gate_enrollment_files(
-    files: Sequence,
-    vad: bool,
-    force: bool,
-    min_speech: float,
-    errors: list[str] | None = None,
-) -> tuple[list[AudioClip], list[str], list[dict]]:
-    """``gated_files`` all at once -> (clips, warnings, quality report)."""
-    gated = list(gated_files(files, vad, force, min_speech, errors))
-    return [g.clip for g in gated], [w for g in gated for w in g.warnings], [g.row for g in gated]
-
-
 def split_enrolled(
     enrolled_hashes: Callable[[list[str]], dict[str, str]],
     plan: dict[str, list[Path]],

@@ -74,12 +74,8 @@ class Probes:
                 kept = [items[i] for i in keep]
                 found = []
                 if kept:
-                    from .tracking.guard import embed_checked
-
-                    # the guard compares cosines
-                    raw_t = self.thresholds.resolve()[0] if asnorm else t
-                    embs, checks = embed_checked(
-                        self.bound.embedder, kept, raw_t, on_progress, [speech[i] for i in keep]
+                    embs, checks = self._embed_checked(
+                        kept, t, asnorm, [speech[i] for i in keep], on_progress
                     )
                     found = self.identify_embeddings(
                         np.stack([e.vector for e in embs]),
@@ -163,8 +159,7 @@ class Probes:
             return VerifyResult(
                 check_name(name), clips[0].source, REJECTED_SCORE, t, False, reasons[0]
             )
-        raw_t = self.thresholds.resolve()[0] if asnorm else t  # the guard compares cosines
-        (emb,), (check,) = self._embed_checked(clips, raw_t, speech)
+        (emb,), (check,) = self._embed_checked(clips, t, asnorm, speech)
         if check.several:
             return VerifyResult(
                 check_name(name), emb.source, REJECTED_SCORE, t, False, _several(check, emb.source)
@@ -187,19 +182,28 @@ class Probes:
         if any(reasons):
             why = "; ".join(r for r in reasons if r)
             return CompareResult(clips[0].source, clips[1].source, REJECTED_SCORE, t, False, why)
-        (ea, eb), checks = self._embed_checked(clips, t, speech)
+        (ea, eb), checks = self._embed_checked(clips, t, False, speech)
         several = [_several(c, e.source) for c, e in zip(checks, (ea, eb)) if c.several]
         if several:
             return CompareResult(ea.source, eb.source, REJECTED_SCORE, t, False, "; ".join(several))
         score = _cosine(ea.vector, eb.vector)
         return CompareResult(ea.source, eb.source, score, t, score >= t)
 
-    def _embed_checked(self, clips: list, threshold: float, speech: list) -> tuple[list, list]:
+    def _embed_checked(
+        self,
+        clips: list,
+        threshold: float,
+        asnorm: bool,
+        speech: list,
+        on_progress: Progress | None = None,
+    ) -> tuple[list, list]:
         """Embeddings and multi-speaker checks (``tracking.guard``) of decoded probes, with
-        the speech segments their gate found."""
+        the speech segments their gate found. The guard compares cosines: with AS-Norm scores
+        it uses the raw threshold, not ``threshold``."""
         from .tracking.guard import embed_checked
 
-        return embed_checked(self.bound.embedder, clips, threshold, speech=speech)
+        raw = self.thresholds.resolve()[0] if asnorm else threshold
+        return embed_checked(self.bound.embedder, clips, raw, on_progress, speech)
 
     def require_speakers(self) -> None:
         if self.bound.registry.is_empty():
