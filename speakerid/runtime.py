@@ -8,11 +8,21 @@ ONNX Runtime path stays torch-free.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .config import default_device, default_threads, parse_threads
+from .config import (
+    default_backend,
+    default_compile,
+    default_device,
+    default_precision,
+    default_threads,
+    parse_threads,
+)
 from .errors import DeviceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,12 +110,80 @@ def route_backend(requested: str, precision: str, compile: bool, on_cpu: bool) -
     needs_cuda = "precision tf32" if precision == "tf32" else "--compile" if compile else None
     if needs_cuda and on_cpu:
         raise DeviceError(f"{needs_cuda} needs a CUDA device (--device cuda)")
+    if precision == "bf16" and on_cpu and requested != "onnx":
+        check_cpu_bf16()
     if precision != "fp32" or compile:
         if requested == "onnx":
             what = "--compile" if compile else f"precision {precision}"
             raise DeviceError(f"{what} runs on the torch backend only, not onnx")
         return "torch"
     return requested
+
+
+#: oneDNN's bfloat16 convolutions (PyTorch's CPU autocast path) need either of these x86 sets:
+#: AVX-512 with byte/word, vector-length and dword/qword instructions, or AVX-NE-CONVERT.
+BF16_CPU_SETS = (("avx512bw", "avx512vl", "avx512dq"), ("avx_ne_convert",))
+#: ``ONEDNN_MAX_CPU_ISA`` values that keep oneDNN below both of those sets.
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI"}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The x86 feature flags of this machine's CPU as the kernel reports them (``avx2``,
+    ``avx512bw``...), or None where they cannot be read (not Linux, not x86): callers then
+    ask the library that would run the code."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def _torch_bf16_supported() -> bool:
+    """PyTorch's answer (oneDNN's bf16 kernels; on ARM, the BF16 extension)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_cpu_bf16() -> None:
+    """A one-line :class:`DeviceError` where this CPU cannot run bfloat16 convolutions.
+
+    Why before loading anything: PyTorch only finds out inside the first convolution, as a
+    RuntimeError several frames deep (machines differ: AMD EPYC with AVX2 has none of the sets).
+    """
+    instead = "use the default --precision fp32 (exact), or --precision int8 (ONNX Runtime)"
+    flags = cpu_flags()
+    if flags is not None and not any(set(s) <= flags for s in BF16_CPU_SETS):
+        lacks = [f for s in BF16_CPU_SETS for f in s if f not in flags]
+        raise DeviceError(
+            f"precision bf16 on CPU needs AVX-512 (avx512bw, avx512vl, avx512dq) or "
+            f"AVX-NE-CONVERT, and this CPU lacks {', '.join(lacks)}: {instead}"
+        )
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(var, "").strip().upper()
+        if isa in _ONEDNN_ISAS_WITHOUT_BF16:
+            raise DeviceError(
+                f"precision bf16 on CPU needs oneDNN's AVX-512 or AVX-NE-CONVERT kernels, and "
+                f"${var}={isa} keeps them off: unset it, or {instead}"
+            )
+    if flags is None and not _torch_bf16_supported():  # elsewhere: PyTorch's own check
+        raise DeviceError(
+            f"precision bf16 is not supported by this CPU ({platform.machine()}): {instead}"
+        )
+
+
+def check_configured(device: str | None = None) -> str:
+    """The backend that the configured precision and compile settings (environment) need on
+    ``device``, or the one-line error an embedder would raise: lets a server refuse at start,
+    before it binds a port or forks workers."""
+    on_cpu = device_name(device) == "cpu"
+    return route_backend(default_backend(), default_precision(), default_compile(), on_cpu)
 
 
 @contextlib.contextmanager

@@ -17,9 +17,24 @@ import torch
 from speakerid import errors
 from speakerid.audio import load_audio
 from speakerid.embedder import Embedder
-from speakerid.runtime import route_backend, tf32
+from speakerid.runtime import check_cpu_bf16, route_backend, tf32
 
 from .conftest import ROOT, speechlike, wav_bytes
+
+
+def _cpu_bf16_problem() -> str | None:
+    try:
+        check_cpu_bf16()
+    except errors.DeviceError as exc:
+        return str(exc)
+    return None
+
+
+#: bf16 runs on CPUs with oneDNN's bf16 kernels only (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); its
+#: refusal elsewhere is tested on every machine in tests/test_cpu_features.py.
+needs_cpu_bf16 = pytest.mark.skipif(
+    _cpu_bf16_problem() is not None, reason=f"this CPU cannot run bf16: {_cpu_bf16_problem()}"
+)
 
 
 @pytest.mark.parametrize(
@@ -55,6 +70,7 @@ def test_impossible_combinations_are_one_line_errors(
         route_backend(requested, precision, compile, on_cpu)
 
 
+@needs_cpu_bf16
 def test_bf16_runs_on_pytorch_close_to_fp32_and_keeps_batching_exact(tiny_ckpt):
     fp32 = Embedder(tiny_ckpt, backend="torch")
     bf16 = Embedder(tiny_ckpt, precision="bf16")

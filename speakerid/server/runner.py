@@ -100,8 +100,10 @@ def _graceful_signals():
 
 def run(settings: ServerSettings, log_level: str = "info") -> None:
     """Serve until SIGTERM/SIGINT. Raises the library's typed errors before serving."""
+    from ..runtime import check_configured
     from .app import ServerState, create_app
 
+    check_configured(settings.device)  # impossible numerics: refused before binding or forking
     sock = bind(settings.host, settings.port)
     options = {
         "log_level": log_level,
