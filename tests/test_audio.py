@@ -13,7 +13,7 @@ from speakerid import errors
 from speakerid.audio import AUDIO_EXTENSIONS, MIN_SECONDS, SAMPLE_RATE, load_audio
 from speakerid.cli import app
 
-from .conftest import ROOT, TEST_MODEL, speechlike, wav_bytes
+from .conftest import ROOT, TEST_MODEL, needs_asset, speechlike, wav_bytes
 
 
 def test_pcm16_is_scaled_by_32768_exactly():
@@ -225,7 +225,7 @@ def test_ffmpeg_stereo_is_averaged(speech):
     assert gain == pytest.approx(0.75, abs=0.02)  # (1 + 0.5) / 2
 
 
-@pytest.mark.skipif(not TEST_MODEL.is_file(), reason="real-voice test model not in ../shared")
+@needs_asset
 def test_ffmpeg_decoded_speech_keeps_the_voice(speech):
     """The real-voice model hears the same speaker in every re-encoded copy."""
     from speakerid.embedder import Embedder

@@ -17,7 +17,7 @@ import pytest
 from speakerid import weights
 from speakerid.registry.store import Registry
 
-from .conftest import ROOT, TEST_MODEL, needs_shared
+from .conftest import ROOT, TEST_MODEL, needs_asset, needs_shared
 
 CLIPS = ROOT / "data" / "clips"
 A1, A2, A3 = sorted((CLIPS / "so0003").glob("*.opus"))[:3]
@@ -128,7 +128,7 @@ def test_import_embeddings_binds_a_new_registry_offline_without_download(tmp_pat
     assert not (tmp_path / "h" / "models").exists()  # nothing was downloaded
 
 
-@needs_shared
+@needs_asset
 def test_thresholds_come_from_the_bound_models_card(tmp_path):
     env = {"SPEAKERID_HOME": "h"}
     assert run(tmp_path, "enroll", "a", A1, "--model", TEST_MODEL, env=env).returncode == 0

@@ -16,7 +16,7 @@ import pytest
 from speakerid import errors, runtime
 from speakerid.runtime import check_cpu_bf16, route_backend
 
-from .conftest import CLIPS, VOICE_CLIPS
+from .conftest import CLIPS, HARDWARE, VOICE_CLIPS
 
 #: An AVX2 + FMA machine without AVX-512 (the flags of the AMD EPYC that found the bug).
 AVX2_ONLY = frozenset("fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi2 adx".split())
@@ -37,7 +37,7 @@ def avx2_only(monkeypatch):
 def test_flags_come_from_the_kernel_on_x86():
     flags = runtime.cpu_flags()
     if flags is None:
-        pytest.skip("not an x86 Linux machine: /proc/cpuinfo has no x86 flags")
+        pytest.skip(HARDWARE + "not an x86 Linux machine: /proc/cpuinfo has no x86 flags")
     assert "sse2" in flags  # every x86-64 CPU has it
 
 

@@ -20,13 +20,10 @@ from speakerid.errors import AudioQualityError
 from speakerid.metrics import eer
 from speakerid.service import SpeakerID
 
-from .conftest import DATASETS, TEST_MODEL
+from .conftest import DATASETS, TEST_MODEL, needs_dev_set
 
 DEV = DATASETS / "speechocean762-dev"
-pytestmark = pytest.mark.skipif(
-    not (TEST_MODEL.is_file() and DEV.is_dir()),
-    reason="shared real-voice model/dataset not available",
-)
+pytestmark = needs_dev_set
 
 
 @pytest.fixture(scope="module")

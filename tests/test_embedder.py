@@ -10,7 +10,7 @@ from speakerid import errors
 from speakerid.audio import load_audio
 from speakerid.embedder import MAX_SEGMENT_SECONDS, Embedder, segments
 
-from .conftest import speechlike, wav_bytes
+from .conftest import HARDWARE, speechlike, wav_bytes
 
 
 @pytest.fixture(scope="module", params=["torch", "onnx"])
@@ -50,7 +50,7 @@ def test_long_audio_is_segmented_and_averaged(embedder):
 
 def test_cuda_request_without_cuda_is_a_clear_error(tiny_ckpt):
     if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
+        pytest.skip(HARDWARE + "a CUDA device is present (this tests its absence)")
     with pytest.raises(errors.DeviceError, match="no CUDA device"):
         Embedder(tiny_ckpt, device="cuda")
     with pytest.raises(errors.DeviceError, match="unknown device"):

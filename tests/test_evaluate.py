@@ -14,14 +14,11 @@ from speakerid.cli import app
 from speakerid.evaluation import read_trials, speaker_folders
 from speakerid.trials import folder_trials
 
-from .conftest import DATASETS, TEST_MODEL
+from .conftest import DATASETS, TEST_MODEL, needs_dev_set
 
 runner = CliRunner()
 DEV = DATASETS / "speechocean762-dev"
-pytestmark = pytest.mark.skipif(
-    not (TEST_MODEL.is_file() and DEV.is_dir()),
-    reason="shared real-voice model/dataset not available",
-)
+pytestmark = needs_dev_set
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from speakerid.audio import load_audio
 from speakerid.embedder import CUDA_BATCH, Embedder
 from speakerid.features import fbank, fbank_batch
 
-from .conftest import speechlike, wav_bytes
+from .conftest import HARDWARE, speechlike, wav_bytes
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason=HARDWARE + "needs a CUDA device"),
 ]
 
 # measured on an H200 (docs/performance.md): fp32 1.0000000; tf32 0.9982 on this tiny random

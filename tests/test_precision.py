@@ -19,7 +19,7 @@ from speakerid.audio import load_audio
 from speakerid.embedder import Embedder
 from speakerid.runtime import check_cpu_bf16, route_backend, tf32
 
-from .conftest import ROOT, speechlike, wav_bytes
+from .conftest import HARDWARE, ROOT, speechlike, wav_bytes
 
 
 def _cpu_bf16_problem() -> str | None:
@@ -33,7 +33,8 @@ def _cpu_bf16_problem() -> str | None:
 #: bf16 runs on CPUs with oneDNN's bf16 kernels only (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); its
 #: refusal elsewhere is tested on every machine in tests/test_cpu_features.py.
 needs_cpu_bf16 = pytest.mark.skipif(
-    _cpu_bf16_problem() is not None, reason=f"this CPU cannot run bf16: {_cpu_bf16_problem()}"
+    _cpu_bf16_problem() is not None,
+    reason=f"{HARDWARE}this CPU cannot run bf16: {_cpu_bf16_problem()}",
 )
 
 
@@ -126,14 +127,23 @@ def _cli(args, env_extra, tmp_path):
 
 def test_cli_precision_and_compile_as_users_configure_them(tiny_ckpt, tmp_path):
     (tmp_path / "a.wav").write_bytes(wav_bytes(speechlike(1.5)))
+    # bf16 really ran (a silent fp32 fallback would pass a shape/norm check): on the real-voice
+    # asset and real speech, fp32 implementations agree to 1.7e-6 per component (PyTorch vs
+    # ONNX Runtime, measured) while bf16 (8 mantissa bits) moves components by ~4e-3 and keeps
+    # cosine 0.9998 to fp32: demand a difference 60x above fp32 noise and cosine >= 0.999.
+    from .conftest import TEST_MODEL, real_speech
+
+    (tmp_path / "voice.wav").write_bytes(wav_bytes(real_speech(0)))
     out = _cli(
-        ["embed", "a.wav", "--json"],
-        {"SPEAKERID_MODEL": str(tiny_ckpt), "SPEAKERID_PRECISION": "bf16"},
+        ["embed", "voice.wav", "--json"],
+        {"SPEAKERID_MODEL": str(TEST_MODEL), "SPEAKERID_PRECISION": "bf16"},
         tmp_path,
     )
     assert out.returncode == 0, out.stderr
     vec = np.asarray(json.loads(out.stdout)[0]["embedding"], dtype=np.float32)
+    fp32 = Embedder(TEST_MODEL, backend="torch").embed(load_audio(tmp_path / "voice.wav")).vector
     assert vec.shape == (192,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
+    assert np.abs(vec - fp32).max() > 1e-4 and float(vec @ fp32) >= 0.999
     out = _cli(["embed", "a.wav", "--compile"], {"SPEAKERID_MODEL": str(tiny_ckpt)}, tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: --compile needs a CUDA device (--device cuda)"

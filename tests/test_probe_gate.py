@@ -18,12 +18,20 @@ from speakerid.cli import app
 from speakerid.embedder import Embedder
 from speakerid.service import SpeakerID
 
-from .conftest import CLIPS, DATASETS, TEST_MODEL, music, noise_floor, pink, wav_bytes, white
+from .conftest import (
+    CLIPS,
+    DATASETS,
+    TEST_MODEL,
+    music,
+    needs_dev_set,
+    noise_floor,
+    pink,
+    wav_bytes,
+    white,
+)
 
 DEV = DATASETS / "speechocean762-dev"
-pytestmark = pytest.mark.skipif(
-    not (TEST_MODEL.is_file() and DEV.is_dir()), reason="shared real-voice asset not available"
-)
+pytestmark = needs_dev_set
 THRESHOLD = 0.2222
 runner = CliRunner()
 PROBES = {"white": white, "pink": pink, "music": music, "floor": noise_floor}

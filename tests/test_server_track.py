@@ -20,10 +20,10 @@ from speakerid.client import Client
 from speakerid.errors import AudioDecodeError, LimitExceededError
 from speakerid.service import SpeakerID
 
-from .conftest import TEST_MODEL
+from .conftest import TEST_MODEL, needs_asset
 from .serverkit import Server, clips, problem
 
-pytestmark = pytest.mark.skipif(not TEST_MODEL.is_file(), reason=f"{TEST_MODEL} not found")
+pytestmark = needs_asset
 
 SR = 16000
 A, B = "so0092", "so0111"  # two voices the asset tells apart on these clips (test_track_real)
