@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +40,9 @@ MIN_APPLY_LIMIT = 10_000
 #: Below this many entries the cache file is rewritten after each write (cheap); larger indexes
 #: are saved after a rebuild, on ``flush``/``close`` and by ``index check``.
 SAVE_EVERY_WRITE_MAX = LARGE_SPEAKERS
+#: After the change log failed to apply (e.g. out of memory while ``pq`` compacts), searches
+#: use the index as it is for this long before one tries again (bounded work per search).
+APPLY_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,11 @@ class IndexCache:
         self.keep = keep  # generations the change log retains (0: unknown, trust the gap check)
         self._index: VectorIndex | None = None
         self._dirty = False
+        #: Why the last save of the cache file failed (None: the last save worked).
+        self.save_error: str | None = None
+        #: Why the last try to apply the change log failed (None: it is applied).
+        self.apply_error: str | None = None
+        self._retry_at = 0.0
         self._mutex = threading.RLock()
 
     # --- following the database -------------------------------------------------------------
@@ -104,17 +113,57 @@ class IndexCache:
                 return idx
             if self.keep and head.generation - idx.generation > self.keep:
                 return self._rebuild(head)
+            if self.apply_error is not None and time.monotonic() < self._retry_at:
+                self._index = idx  # failed a moment ago: search it as it is meanwhile
+                return idx
             limit = max(MIN_APPLY_LIMIT, idx.live // 4)
             changes = self.feed.changes_since(idx.generation, limit)
             if changes is None or not _contiguous(changes.seqs, idx.generation):
                 log.info("index at %d cannot follow the change log: rebuilding", idx.generation)
                 return self._rebuild(head)
-            return self._apply(idx, changes, head)
+            try:
+                idx = self._apply(idx, changes, head)
+            except Exception as exc:
+                if not idx.consistent():
+                    raise
+                # degraded, not down: search the index as it is (candidates are re-scored
+                # against the database, so a removed speaker is never answered); the next
+                # sync applies the changes again
+                self._index = idx
+                self._apply_failed(idx, head, exc)
+                return idx
+            if self.apply_error is not None:
+                log.info("index cache %s follows the change log again", self.path)
+                self.apply_error = None
+            return idx
+
+    def _apply_failed(self, idx: VectorIndex, head: Head, exc: Exception) -> None:
+        first = self.apply_error is None
+        self.apply_error = f"{type(exc).__name__}: {exc}"
+        self._retry_at = time.monotonic() + APPLY_RETRY_S
+        (log.warning if first else log.debug)(
+            "the index cache could not apply writes %d-%d (%s): searches use it as of write "
+            "%d, re-scored against the database, and a search tries again after %g s",
+            idx.generation + 1,
+            head.generation,
+            self.apply_error,
+            idx.generation,
+            APPLY_RETRY_S,
+        )
 
     def _apply(self, idx: VectorIndex, ch: Changes, head: Head) -> VectorIndex:
-        idx.remove(ch.removed, purge=True)  # no trace of a removed voice stays
-        idx.remove(ch.ids, purge=False)  # old vectors of updated speakers (if present)
-        idx.add(ch.ids, ch.vectors)
+        try:
+            idx.remove(ch.removed, purge=True)  # no trace of a removed voice stays
+            idx.remove(ch.ids, purge=False)  # old vectors of updated speakers (if present)
+            idx.add(ch.ids, ch.vectors)
+        except BaseException:
+            # The index keeps its generation, so the next sync applies these changes again:
+            # each step is keyed by speaker id and replays harmlessly, and compaction swaps in
+            # a finished copy. Only a FAISS add that stopped half-way can leave the index's
+            # layers apart: such an index is dropped (the file and the log rebuild it).
+            if not idx.consistent():
+                self._index = None
+            raise
         idx.generation = max(ch.seqs)
         if idx.kind != choose_kind(idx.live, self.kind) or (
             idx.kind == "hnsw" and idx.stale > STALE_REBUILD_FRACTION * max(idx.ntotal, 1)
@@ -147,26 +196,50 @@ class IndexCache:
         if idx.ntotal < SAVE_EVERY_WRITE_MAX:
             self.flush()
 
-    def flush(self) -> None:
-        """Save the in-memory index to the cache file unless the file is as new already."""
+    def flush(self) -> bool:
+        """Save the in-memory index to the cache file unless the file is as new already.
+
+        The file is a cache (the database is the truth): a save that fails (read-only or full
+        disk) is logged once per failing streak and the index stays in memory, unsaved, for
+        the next write, ``flush`` or ``close`` to try again. Returns whether the file is
+        current."""
         with self._mutex:
             idx = self._index
             if idx is None or not self._dirty:
-                return
-            on_disk = VectorIndex.read_header(self.path) if self.path.exists() else None
-            newer = (
-                on_disk
-                and on_disk.get("uid") == idx.uid
-                and on_disk.get("generation", -1) >= idx.generation
-            )
+                return True
             try:
+                on_disk = VectorIndex.read_header(self.path) if self.path.exists() else None
+                newer = (
+                    on_disk
+                    and on_disk.get("uid") == idx.uid
+                    and on_disk.get("generation", -1) >= idx.generation
+                )
                 if not newer:
                     idx.save(self.path)
-            except BaseException:
-                self._index = None  # interrupted: forget it; the file and the log still agree
+            except OSError as exc:
+                self._save_failed(exc)
+                return False
+            except BaseException:  # interrupted: forget it; the file and the log still agree
+                self._index, self._dirty = None, False
                 raise
-            finally:
-                self._dirty = False
+            self._dirty = False
+            if self.save_error is not None:
+                log.info("index cache %s saved again", self.path)
+                self.save_error = None
+            return True
+
+    def _save_failed(self, exc: OSError) -> None:
+        first = self.save_error is None
+        where = exc.filename2 or exc.filename  # a rename names its target second
+        self.save_error = f"{exc.strerror or exc or type(exc).__name__}" + (
+            f": {where}" if where and str(where) != str(self.path) else ""
+        )
+        (log.warning if first else log.debug)(
+            "could not save the index cache %s (%s): searches go on from memory, the "
+            "registry is unchanged; the save is retried after the next write",
+            self.path,
+            self.save_error,
+        )
 
     def close(self) -> None:
         self.flush()
@@ -175,7 +248,15 @@ class IndexCache:
     def rebuild(self, speakers: int) -> IndexReport:
         with self._mutex:
             idx = self._rebuild(self.feed.head())
-        return IndexReport(True, idx.kind, idx.generation, idx.ntotal, speakers, [], True)
+            problems = []
+            if self._dirty:  # the save failed (logged): this process alone has the new index
+                problems.append(
+                    f"index file {self.path} could not be saved ({self.save_error}); the "
+                    f"rebuilt index serves this process only"
+                )
+        return IndexReport(
+            not problems, idx.kind, idx.generation, idx.ntotal, speakers, problems, True
+        )
 
     def check(self, speakers: int) -> IndexReport:
         """Compare the cache file with the database entry by entry (flat) or by sampling."""

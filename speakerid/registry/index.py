@@ -19,7 +19,8 @@ Approximate kinds cannot delete in place. Updated voiceprints are added again an
 exact vectors zeroed (stale entries); searches over-fetch candidates and the registry
 re-scores them exactly against the database, which drops removed and outdated entries. When a
 speaker is removed, ``pq`` is compacted at once (no quantized code of a removed voice stays),
-and ``hnsw`` zeroes the stored vector.
+and ``hnsw`` zeroes the stored vector. Compaction encodes the kept entries into a new index and
+swaps it in only when it is complete, so a failure half-way leaves the live index unchanged.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ HNSW_MIN_SPEAKERS = LARGE_SPEAKERS  # kept for callers of the old name
 PQ_K_FACTOR = 8
 #: ``pq`` compacts itself (re-encodes without stale entries) once this many accumulate.
 PQ_MAX_STALE = 256
+#: Exact vectors copied at a time while ``pq`` compacts (bounded extra memory).
+COMPACT_BLOCK = 1 << 16
 PQ_TRAIN_MAX = 200_000
 KINDS = ("auto", "flat", "pq", "hnsw")
 HNSW_M = 48
@@ -168,19 +171,46 @@ class VectorIndex:
         positions = positions[np.any(storage[positions] != 0.0, axis=1)]  # not yet stale
         if not len(positions):
             return
+        if self.kind == "pq" and (purge or self.stale + len(positions) > PQ_MAX_STALE):
+            self._compact(drop=positions)  # all or nothing: the live index is not touched
+            return
         storage[positions] = 0.0
         self.stale += len(positions)
-        if self.kind == "pq" and (purge or self.stale > PQ_MAX_STALE):
-            self.compact()
 
     def compact(self) -> None:
         """``pq``: re-encode the live vectors (keeps the trained quantizer, drops stale codes)."""
+        self._compact(drop=np.zeros(0, dtype=np.int64))
+
+    def _compact(self, drop: np.ndarray) -> None:
+        """Re-encode the live entries except the positions ``drop`` into a new index, then swap
+        it in: a failure half-way (memory) leaves this index as it was, usable."""
         labels = faiss.vector_to_array(self.index.id_map)
-        vectors = self._exact_storage().copy()
-        live = np.any(vectors != 0.0, axis=1)
-        self.index.reset()
-        self.add(labels[live], vectors[live])
-        self.stale = 0
+        storage = self._exact_storage()
+        inner = faiss.downcast_index(self.index.index)
+        base = faiss.clone_index(inner.base_index)  # the trained quantizer (and 4-bit codes)
+        base.reset()
+        refine = faiss.IndexRefineFlat(base)
+        refine.k_factor = PQ_K_FACTOR
+        fresh = VectorIndex(faiss.IndexIDMap(refine), self.kind, self.dim, self.generation)
+        keep = np.ones(len(labels), dtype=bool)
+        keep[drop] = False
+        for s in range(0, len(labels), COMPACT_BLOCK):  # bounded copies of the exact vectors
+            block = slice(s, s + COMPACT_BLOCK)
+            live = keep[block] & np.any(storage[block] != 0.0, axis=1)
+            fresh.add(labels[block][live], storage[block][live])
+        self.index, self.stale = fresh.index, 0
+
+    def consistent(self) -> bool:
+        """Whether the FAISS layers agree on the number of entries (an add that stopped
+        half-way, e.g. out of memory, can leave them apart: such an index is not trusted)."""
+        inner = faiss.downcast_index(self.index.index)
+        parts = [inner]
+        if self.kind == "pq":
+            parts += [inner.base_index, inner.refine_index]
+        elif self.kind == "hnsw":
+            parts.append(inner.storage)
+        n = self.ntotal
+        return self.index.id_map.size() == n and all(p.ntotal == n for p in parts)
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, existing: np.ndarray) -> None:
         """Replace the vectors of ``existing`` ids and add the new ones."""

@@ -242,6 +242,21 @@ class Registry:
             s.execute(delete(Change).where(Change.seq <= seq - LOG_KEEP))
         return seq
 
+    def _follow(self) -> None:
+        """After a commit: bring this process's index up to it. The write is committed
+        whatever happens here, so a failure is logged, not raised (the index keeps its
+        generation and the next search follows the log again)."""
+        try:
+            self.cache.after_write()
+        except Exception as exc:
+            log.warning(
+                "the index cache could not follow a write to %s (%s: %s): the write is "
+                "committed; the next search applies it again",
+                self.location,
+                type(exc).__name__,
+                exc,
+            )
+
     def voiceprints_by_id(self, ids: list[int]) -> dict[int, tuple[str, np.ndarray]]:
         out: dict[int, tuple[str, np.ndarray]] = {}
         with self.db.Session() as s:
@@ -287,7 +302,7 @@ class Registry:
             if ids or removed:
                 self._log_changes(s, ids, removed)
         if ids or removed:
-            self.cache.after_write()
+            self._follow()
         self._after_bulk(len(ids) + len(removed))
         return report
 
@@ -321,7 +336,7 @@ class Registry:
             if ids:
                 self._log_changes(s, ids, [])
         if ids:
-            self.cache.after_write()
+            self._follow()
         self._after_bulk(len(ids))
         return want
 
@@ -505,7 +520,7 @@ class Registry:
             if upserts:
                 self._log_changes(s, list(upserts), [])
         if upserts:
-            self.cache.after_write()
+            self._follow()
         self._after_bulk(len(upserts))
         return results
 
@@ -645,7 +660,7 @@ class Registry:
             s.execute(delete(Utterance).where(Utterance.speaker_id == sid))
             s.execute(delete(Speaker).where(Speaker.id == sid))
             self._log_changes(s, [], [sid])
-        self.cache.after_write()
+        self._follow()
         return count
 
     def rename(self, old: str, new: str) -> None:
