@@ -45,6 +45,9 @@ from .results import (
 
 Progress = Callable[[int], None]
 
+#: Speakers asked for per page by ``Client.list`` (the server's most; it follows the pages).
+LIST_PAGE = 10_000
+
 #: Fallbacks for answers that do not name a typed error (e.g. from a proxy in front).
 _BY_STATUS: dict[int, type[E.SpeakerIDError]] = {
     400: E.InvalidInputError,
@@ -130,6 +133,10 @@ class Client:
 
     # --- transport -------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._json(self._request(method, path, **kwargs), path)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The server's answer (an ``httpx.Response``); errors raised as typed errors."""
         import httpx
 
         try:
@@ -142,6 +149,9 @@ class Client:
             raise E.ServerError(f"cannot reach the speakerid server at {self.url}: {exc}") from None
         if r.status_code >= 400:
             raise self._error(r)
+        return r
+
+    def _json(self, r: Any, path: str) -> Any:
         try:
             return r.json()
         except ValueError:
@@ -324,7 +334,17 @@ class Client:
 
     # --- management ------------------------------------------------------------------------
     def list(self) -> list[SpeakerInfo]:
-        rows = self._call("GET", "/v1/speakers", params={"metadata": "true"})
+        """Every speaker: the server answers in pages, followed here through their
+        ``Link: <...>; rel="next"`` headers (a server without pages answers in one)."""
+        rows: list[dict[str, Any]] = []
+        url: Any = "/v1/speakers"
+        params: dict[str, Any] | None = {"metadata": "true", "limit": LIST_PAGE}
+        while url is not None:
+            r = self._request("GET", url, params=params)
+            rows += self._json(r, "/v1/speakers")
+            nxt = r.links.get("next", {}).get("url")
+            url = r.request.url.join(nxt) if nxt else None  # relative to the page's URL
+            params = None  # the link carries the whole query
         return [_speaker(d) for d in rows]
 
     def show(self, name: str) -> SpeakerInfo:

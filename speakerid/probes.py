@@ -18,6 +18,7 @@ from .binding import ModelBinding
 from .errors import EmptyRegistryError, InvalidInputError
 from .gates import REJECTED_SCORE, check_min_speech, load_probes, with_rejected
 from .quality import MIN_SPEECH_SECONDS
+from .registry.cohort import Cohort
 from .registry.store import check_name
 from .results import Candidate, CompareResult, FileError, IdentifyResult, VerifyResult
 from .thresholds import Thresholds
@@ -123,21 +124,25 @@ class Probes:
             out.append(IdentifyResult(src, c[0].speaker if ok else None, best, ok, t, c))
         return out
 
-    def _cohort(self) -> tuple[np.ndarray, list[str]]:
-        _, vecs, names = self.bound.registry.all_voiceprints()
-        if len(names) < 3:
+    def _cohort(self) -> Cohort:
+        """The registry's voiceprints, read once per registry generation (not per request)."""
+        cohort = self.bound.registry.cohort()
+        if len(cohort) < 3:
             raise InvalidInputError("AS-Norm needs at least 3 enrolled speakers as cohort")
-        return vecs, names
+        return cohort
 
     def _asnorm_candidates(self, q: np.ndarray, cands, top_k: int):
         """Re-rank raw candidates by AS-Norm, the same rule as ``verify`` (scoring.py)."""
         from .scoring import registry_asnorm
 
-        cohort, names = self._cohort()
-        flat = [(qi, c.speaker) for qi, row in enumerate(cands) for c in row]
+        cohort = self._cohort()
+        # a candidate the cohort lacks was removed (or renamed) after the search: not a speaker
+        known = cohort.rows
+        flat = [(qi, c.speaker) for qi, row in enumerate(cands) for c in row if c.speaker in known]
         if not flat:
             return [[] for _ in cands]
-        norm = registry_asnorm(cohort, names, [name for _, name in flat], q[[qi for qi, _ in flat]])
+        claimed, probes = [name for _, name in flat], q[[qi for qi, _ in flat]]
+        norm = registry_asnorm(cohort.vectors, cohort.names, claimed, probes, rows=cohort.rows)
         out: list[list[Candidate]] = [[] for _ in cands]
         for (qi, name), score in zip(flat, norm):
             out[qi].append(Candidate(name, float(score)))
@@ -168,8 +173,10 @@ class Probes:
         if asnorm:
             from .scoring import registry_asnorm
 
-            cohort, names = self._cohort()
-            score = float(registry_asnorm(cohort, names, [check_name(name)], emb.vector)[0])
+            c = self._cohort()  # the speaker removed since its voiceprint was read: a 404
+            score = float(
+                registry_asnorm(c.vectors, c.names, [check_name(name)], emb.vector, rows=c.rows)[0]
+            )
         return VerifyResult(check_name(name), emb.source, score, t, score >= t)
 
     def compare(

@@ -12,9 +12,11 @@ with the same cohort gets the same score everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from .errors import SpeakerNotFoundError
 
 DEFAULT_TOP_N = 100
 
@@ -109,11 +111,17 @@ def registry_asnorm(
     claimed: Sequence[str],
     probes: np.ndarray,
     top_n: int = DEFAULT_TOP_N,
+    rows: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """The run-time rule (``verify``/``identify --asnorm``): trial i is the voiceprint of
     ``claimed[i]`` against ``probes[i]``; the cohort is every other registry voiceprint (the
-    claimed speaker is left out of both sides' statistics)."""
-    row = {n: i for i, n in enumerate(names)}
+    claimed speaker is left out of both sides' statistics). ``rows`` (name -> row of
+    ``voiceprints``) is built from ``names`` unless given (a cached cohort keeps one). A
+    claimed name the cohort lacks (removed meanwhile) raises ``SpeakerNotFoundError``."""
+    row = rows if rows is not None else {n: i for i, n in enumerate(names)}
+    missing = next((c for c in claimed if c not in row), None)
+    if missing is not None:
+        raise SpeakerNotFoundError(f"no speaker named {missing!r} in the registry")
     idx = np.array([row[c] for c in claimed], dtype=np.int64)
     return asnorm_scores(voiceprints[idx], probes, voiceprints, top_n, exclude=idx)
 

@@ -326,8 +326,10 @@ class SpeakerID:
         return self._probes.compare(a, b, threshold, min_speech)
 
     # --- management --------------------------------------------------------------------------
-    def list(self) -> list[SpeakerInfo]:
-        return self.registry.speakers()
+    def list(self, limit: int | None = None, after: str | None = None) -> list[SpeakerInfo]:
+        """Speakers in code-point order of names; ``limit``/``after`` give one page (at most
+        ``limit`` speakers after the name ``after``), so a server answers in bounded pieces."""
+        return self.registry.speakers(limit, after)
 
     def show(self, name: str) -> SpeakerInfo:
         return self.registry.speaker(name)

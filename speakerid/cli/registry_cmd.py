@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import server_url
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SpeakerNotFoundError
 from ..quality import MIN_SPEECH_SECONDS
 from ..results import EnrollResult, FileError
 from .common import (
@@ -315,15 +315,22 @@ def verify(
         _service(db, model, device, server, backend, precision, json_out) as sid,
         progress_bar("verifying", len(sources), show_progress(json_out) and not single) as adv,
     ):
-        results = sid.verify_many(
-            name,
-            sources,
-            threshold=threshold,
-            asnorm=asnorm,
-            on_progress=adv,
-            fail_fast=fail_fast or single,  # one file: its error is the command's error
-            min_speech=min_speech,
-        )
+        try:
+            results = sid.verify_many(
+                name,
+                sources,
+                threshold=threshold,
+                asnorm=asnorm,
+                on_progress=adv,
+                fail_fast=fail_fast or single,  # one file: its error is the command's error
+                min_speech=min_speech,
+            )
+        except SpeakerNotFoundError as exc:
+            if Path(name).is_file():  # `verify claim.wav alice`: the name goes first
+                raise SpeakerNotFoundError(
+                    f"{exc}; {name!r} is a file: the speaker name comes first, then the audio"
+                ) from None
+            raise
     if json_out:
         emit_json(results[0].to_dict() if single else [r.to_dict() for r in results])
     else:

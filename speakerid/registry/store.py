@@ -38,6 +38,7 @@ from ..errors import (
 from ..results import Candidate, EnrollResult, IndexReport, SpeakerInfo, UtteranceInfo
 from . import database
 from .cache import Changes, Head, IndexCache
+from .cohort import Cohort, CohortCache
 from .database import Database, DatabaseURL
 from .index import VectorIndex
 from .schema import Change, RegistryRow, Speaker, Utterance, utcnow
@@ -58,8 +59,12 @@ MAX_NAME_LENGTH = 200
 LOG_KEEP = 10_000
 _CHUNK = 900  # bound parameters per IN (...) query
 #: "Did you mean" compares against every name only up to this many speakers (difflib is O(n),
-#: ~0.1 s per 50k names); larger registries suggest case-insensitive matches only.
-SUGGEST_MAX_SPEAKERS = 50_000
+#: ~0.1 s per 50k names: an unknown name must not cost a request that much). Larger registries
+#: compare the names that share the first ``SUGGEST_PREFIX`` characters (as given, lower,
+#: upper, title case), at most ``SUGGEST_PREFIX_ROWS`` each, read through the name index.
+SUGGEST_SCAN_MAX = 2_000
+SUGGEST_PREFIX = 2
+SUGGEST_PREFIX_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,14 @@ def check_name(name: str) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in clean):
         raise InvalidNameError(f"speaker name {clean!r} contains control characters")
     return clean
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The first string after all those that start with ``prefix`` (code-point order)."""
+    last = ord(prefix[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:  # surrogates are not characters: skip them
+        last = 0xE000
+    return prefix[:-1] + chr(last) if last <= 0x10FFFF else None
 
 
 class Registry:
@@ -104,6 +117,7 @@ class Registry:
         #: The SQLite file (None for a server database).
         self.path = self.location.path
         self.last_binding: RegistryRow | None = None
+        self._cohort = CohortCache(self)
 
     @property
     def backend(self) -> str:
@@ -269,6 +283,10 @@ class Registry:
                     out[sid] = (name, from_blob(vp))
         return out
 
+    def cohort(self) -> Cohort:
+        """Every voiceprint by name for AS-Norm, read once per registry generation."""
+        return self._cohort.get()
+
     # --- search (delegated to the index cache) -------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> list[list[Candidate]]:
         """Top-``k`` speakers per query by cosine, exactly re-scored against the database."""
@@ -353,7 +371,11 @@ class Registry:
         with self.db.Session() as s:
             return s.scalar(select(Speaker.id).limit(1)) is None
 
-    def speakers(self) -> list[SpeakerInfo]:
+    def speakers(self, limit: int | None = None, after: str | None = None) -> list[SpeakerInfo]:
+        """Every speaker in code-point order of names; with ``limit``, one page of at most
+        that many speakers after the name ``after`` (read through the name index)."""
+        if limit is not None or after is not None:
+            return self._speakers_page(limit, after)
         with self.db.Session() as s:
             rows = s.execute(
                 select(
@@ -368,6 +390,36 @@ class Registry:
             ).all()
         rows.sort(key=lambda r: r[0])  # code-point order, whatever the database's collation
         return [SpeakerInfo(n, c, cr, up, json.loads(m) if m else None) for n, c, cr, up, m in rows]
+
+    def _ordered_name(self):
+        """The name column in code-point order, whatever the database's collation (SQLite
+        compares UTF-8 bytes; PostgreSQL is told "C", which index ``ix_speakers_name_c``
+        serves)."""
+        return Speaker.name.collate("C") if self.backend == "postgresql" else Speaker.name
+
+    def _speakers_page(self, limit: int | None, after: str | None) -> list[SpeakerInfo]:
+        if limit is not None and limit < 1:
+            raise InvalidInputError(f"limit must be at least 1, got {limit}")
+        key = self._ordered_name()
+        query = select(Speaker.id, Speaker.name, Speaker.created, Speaker.updated, Speaker.meta)
+        if after is not None:
+            query = query.where(key > unicodedata.normalize("NFC", str(after)))
+        counts: dict[int, int] = {}
+        with self.db.Session() as s:
+            rows = s.execute(query.order_by(key).limit(limit)).all()
+            ids = [r[0] for r in rows]
+            for i in range(0, len(ids), _CHUNK):
+                counts.update(
+                    s.execute(
+                        select(Utterance.speaker_id, func.count(Utterance.id))
+                        .where(Utterance.speaker_id.in_(ids[i : i + _CHUNK]))
+                        .group_by(Utterance.speaker_id)
+                    ).all()
+                )
+        return [
+            SpeakerInfo(n, counts.get(i, 0), cr, up, json.loads(m) if m else None)
+            for i, n, cr, up, m in rows
+        ]
 
     def exists(self, name: str) -> bool:
         with self.db.Session() as s:
@@ -384,30 +436,41 @@ class Registry:
         with self.db.Session() as s:
             return self._similar(s, check_name(name), n)
 
-    @staticmethod
-    def _similar(s: Session, name: str, n: int) -> list[str]:
-        names = s.scalars(select(Speaker.name).limit(SUGGEST_MAX_SPEAKERS + 1)).all()
-        if len(names) > SUGGEST_MAX_SPEAKERS:
-            return list(
-                s.scalars(
-                    select(Speaker.name).where(func.lower(Speaker.name) == name.lower()).limit(n)
-                )
-            )
+    def _similar(self, s: Session, name: str, n: int) -> list[str]:
+        """Close names, reading a bounded number of them (see ``SUGGEST_SCAN_MAX``)."""
+        names = s.scalars(select(Speaker.name).limit(SUGGEST_SCAN_MAX + 1)).all()
+        if len(names) > SUGGEST_SCAN_MAX:
+            names = self._names_by_prefix(s, name)
         folded: dict[str, list[str]] = {}
         for other in names:
             folded.setdefault(other.casefold(), []).append(other)
         close = difflib.get_close_matches(name.casefold(), list(folded), n=n, cutoff=0.75)
         return [other for key in close for other in folded[key]][:n]
 
+    def _names_by_prefix(self, s: Session, name: str) -> list[str]:
+        """Names that start like ``name`` (as given, lower, upper, title case): a few
+        index range scans of at most ``SUGGEST_PREFIX_ROWS`` rows each."""
+        key = self._ordered_name()
+        head = name[:SUGGEST_PREFIX]
+        found: dict[str, None] = {}
+        for prefix in dict.fromkeys((head, head.lower(), head.upper(), head.title())):
+            query = select(Speaker.name).where(key >= prefix)
+            end = _prefix_end(prefix)
+            if end is not None:
+                query = query.where(key < end)
+            rows = s.scalars(query.order_by(key).limit(SUGGEST_PREFIX_ROWS))
+            found.update((r, None) for r in rows if r.startswith(prefix))
+        return list(found)
+
     def _not_found(self, s: Session, name: str) -> SpeakerNotFoundError:
-        """The one-line error for an unknown name, with close matches and a swapped-args hint."""
+        """The one-line error for an unknown name, with close matches. Nothing here touches
+        the file system: a name may come from a request (the CLI adds its own hint when the
+        name is a local file, e.g. ``verify claim.wav alice``)."""
         clean = check_name(name)
         message = f"no speaker named {clean!r} in the registry"
         close = self._similar(s, clean, 3)
         if close:
             message += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
-        if os.path.isfile(name):  # e.g. `verify claim.wav alice`: the name goes first
-            message += f"; {clean!r} is a file: the speaker name comes first, then the audio"
         return SpeakerNotFoundError(message)
 
     def speaker(self, name: str) -> SpeakerInfo:
@@ -672,3 +735,7 @@ class Registry:
             if s.scalar(select(Speaker.id).where(Speaker.name == new)) is not None:
                 raise SpeakerExistsError(f"speaker {new!r} already exists")
             spk.name, spk.updated = new, utcnow()
+            # a logged write like any other: caches that know speakers by name (the AS-Norm
+            # cohort, in every process) see the generation move
+            self._log_changes(s, [spk.id], [])
+        self._follow()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -19,6 +20,9 @@ from .limits import check_length, check_sources
 
 #: Largest top-k a request may ask for (a server limit, not a scoring rule).
 MAX_TOP_K = 100
+#: ``GET /v1/speakers``: speakers per page unless ``limit`` asks otherwise, and the most.
+SPEAKERS_PAGE = 1000
+SPEAKERS_PAGE_MAX = 10_000
 
 MIN_SPEECH = MIN_SPEECH_SECONDS
 MIN_SPEECH_HELP = "Probes with less net speech (s) are rejected unscored as 'no speech'; 0: off"
@@ -116,11 +120,25 @@ async def set_threshold(request: Request, body: S.ThresholdIn) -> dict[str, Any]
 )
 async def list_speakers(
     request: Request,
+    response: Response,
     metadata: bool = Query(False, description="Include each speaker's metadata"),
+    limit: int = Query(SPEAKERS_PAGE, ge=1, le=SPEAKERS_PAGE_MAX, description="Speakers per page"),
+    after: str | None = Query(
+        None, description="Start after this name (the previous page's last; see Link)"
+    ),
 ) -> list[dict[str, Any]]:
-    """Enrolled speakers (``speakerid list --json``; with ``metadata``, as the Python API)."""
+    """Enrolled speakers in code-point order of names, one page at a time (``speakerid list
+    --json``; with ``metadata``, as the Python API). When more follow, the ``Link`` header
+    holds the next page's query: ``<?limit=N&after=NAME>; rel="next"``."""
     state = _state(request)
-    rows = await state.run(state.sid.list)
+    rows = await state.run(state.sid.list, limit + 1, after)
+    if len(rows) > limit:  # one more than asked: there is a next page
+        rows = rows[:limit]
+        query = {"limit": limit, "after": rows[-1].name}
+        if metadata:
+            query["metadata"] = "true"
+        pairs = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in query.items())
+        response.headers["Link"] = f'<?{pairs}>; rel="next"'
     if metadata:
         return [r.to_dict() for r in rows]
     return [{k: v for k, v in r.to_dict().items() if k != "metadata"} for r in rows]
