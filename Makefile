@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all test-avx2 lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
+
+# The suite on the code paths of an AVX2-only CPU (AMD EPYC, older Xeons), on any x86-64 machine:
+# PyTorch's kernels, oneDNN and FAISS limited to AVX2 (ONNX Runtime keeps its own dispatch).
+test-avx2: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FAISS_OPT_LEVEL=avx2 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check speakerid tests bench migrations data

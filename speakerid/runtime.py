@@ -110,8 +110,8 @@ def route_backend(requested: str, precision: str, compile: bool, on_cpu: bool) -
     needs_cuda = "precision tf32" if precision == "tf32" else "--compile" if compile else None
     if needs_cuda and on_cpu:
         raise DeviceError(f"{needs_cuda} needs a CUDA device (--device cuda)")
-    if precision == "bf16" and on_cpu and requested != "onnx":
-        check_cpu_bf16()
+    if precision == "bf16" and requested != "onnx":
+        check_cpu_bf16() if on_cpu else check_cuda_bf16()
     if precision != "fp32" or compile:
         if requested == "onnx":
             what = "--compile" if compile else f"precision {precision}"
@@ -175,6 +175,19 @@ def check_cpu_bf16() -> None:
     if flags is None and not _torch_bf16_supported():  # elsewhere: PyTorch's own check
         raise DeviceError(
             f"precision bf16 is not supported by this CPU ({platform.machine()}): {instead}"
+        )
+
+
+def check_cuda_bf16() -> None:
+    """A one-line :class:`DeviceError` where the GPU has no native bfloat16 (before Ampere,
+    compute capability 8.0): PyTorch would emulate it, slower than float32."""
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name()
+        raise DeviceError(
+            f"precision bf16 needs a GPU with native bfloat16 (compute capability 8.0+), "
+            f"and {name} has none: use --precision fp32 (or tf32 on 8.0+)"
         )
 
 

@@ -156,3 +156,15 @@ def test_serve_refuses_bf16_at_start(tiny_ckpt, tmp_path, workers):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == LINE
     assert "Uvicorn running" not in out.stderr
+
+
+def test_bf16_on_a_gpu_without_native_bfloat16_is_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    with pytest.raises(errors.DeviceError, match="Tesla T4 has none: use --precision fp32"):
+        route_backend("auto", "bf16", False, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert route_backend("auto", "bf16", False, False) == "torch"

@@ -10,6 +10,7 @@ from speakerid import errors
 from speakerid.audio import load_audio
 from speakerid.embedder import MAX_SEGMENT_SECONDS, Embedder, segments
 
+from .budgets import COSINE_SAME, NETWORK_RTOL, within_fbank_budget
 from .conftest import HARDWARE, speechlike, wav_bytes
 
 
@@ -34,7 +35,7 @@ def test_batch_keeps_input_order_and_equals_one_by_one(embedder):
     single = [embedder.embed(c) for c in clips]
     for b, s, c in zip(batched, single, clips):
         assert b.sha256 == c.sha256
-        assert float(b.vector @ s.vector) > 0.99999
+        assert float(b.vector @ s.vector) > COSINE_SAME
 
 
 def test_long_audio_is_segmented_and_averaged(embedder):
@@ -45,7 +46,7 @@ def test_long_audio_is_segmented_and_averaged(embedder):
     got = embedder.embed(clip).vector
     a, b = (embedder.embed(load_audio(wav_bytes(p))).vector for p in parts)
     want = (a + b) / np.linalg.norm(a + b)
-    assert float(got @ want) > 0.99999
+    assert float(got @ want) > COSINE_SAME
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tiny_ckpt):
@@ -75,8 +76,10 @@ def test_padded_batches_equal_unpadded_inference():
         alone = torch.stack([model(f.unsqueeze(0))[0] for f in feats])
         padded = model(batch, torch.tensor(lengths))
         unmasked = model(batch)  # what plain zero-padding would give
-    assert float((alone - padded).abs().max()) < 1e-5
-    assert float((alone[:-1] - unmasked[:-1]).abs().max()) > 1e-3  # masking is what matters
+    scale = float(alone.abs().max())
+    assert float((alone - padded).abs().max()) <= NETWORK_RTOL * scale
+    # masking is what matters: without it outputs move by > 3 % of the largest
+    assert float((alone[:-1] - unmasked[:-1]).abs().max()) > 0.03 * scale
 
 
 def _randomised_bn_model(seed: int = 0):
@@ -114,9 +117,9 @@ def test_cpu_inference_rewrites_keep_the_numbers():
     with torch.inference_mode():
         a, b = ref(x, lengths), fast(x, lengths)
         single = fast(x[2:, :95])
-    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
-    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.999999
-    assert torch.allclose(single[0], b[2], atol=1e-4)
+    scale = float(a.abs().max())
+    assert float((a - b).abs().max()) <= NETWORK_RTOL * scale
+    assert float((single[0] - b[2]).abs().max()) <= NETWORK_RTOL * scale
 
 
 def test_fold_batchnorm_refuses_training_mode():
@@ -136,8 +139,10 @@ def test_batched_fbank_equals_the_official_per_utterance_fbank():
     got = fbank_batch(waves)
     assert [g.shape for g in got] == [(0, 80), (1, 80), (1, 80), (198, 80), (2998, 80), (328, 80)]
     for w, g in zip(waves[1:], got[1:]):
-        want = fbank(w)
-        assert float((g - want).abs().max()) <= 1e-5
+        assert within_fbank_budget(g, fbank(w), w)  # tests/budgets.py
+    # the budget still sees a defect: a one-sample shift of the input
+    w = waves[3]
+    assert not within_fbank_budget(fbank_batch([w[1:]])[0], fbank(w[:-1]), w[:-1])
     assert fbank_batch([]) == []
 
 
@@ -149,7 +154,7 @@ def test_batched_fbank_path_gives_the_same_embeddings(tiny_ckpt):
     batched.batched_fbank = True
     assert plain.batched_fbank is False  # CPU default: per utterance
     for a, b in zip(plain.embed_many(clips), batched.embed_many(clips, batch_size=3)):
-        assert float(a.vector @ b.vector) > 0.99999
+        assert float(a.vector @ b.vector) > COSINE_SAME
 
 
 def test_large_batches_are_bounded_in_frames_not_only_in_items(tiny_ckpt, monkeypatch):

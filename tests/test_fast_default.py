@@ -24,6 +24,7 @@ from speakerid.features import fbank_numpy
 from speakerid.resample import resample
 from speakerid.runtime import choose_backend
 
+from .budgets import COSINE_SAME, RESAMPLE_ATOL, within_fbank_budget
 from .conftest import CLIPS, ROOT, VOICE_CLIPS, real_speech, wav_bytes
 
 runner = CliRunner()
@@ -112,7 +113,7 @@ def test_backend_choice_and_its_errors(tiny_ckpt, tmp_path, monkeypatch):
         )
         assert res.exit_code == 0, res.output
         rows[backend] = np.array(json.loads(res.stdout)[0]["embedding"])
-    assert float(rows["torch"] @ rows["onnx"]) > 0.99999
+    assert float(rows["torch"] @ rows["onnx"]) > COSINE_SAME
     assert np.array_equal(rows["onnx"], rows["auto"])
     bad = runner.invoke(app, ["embed", str(wav), "--backend", "tf"])
     assert bad.exit_code == 2
@@ -184,27 +185,23 @@ def test_torch_free_resampler_equals_torchaudio(rate):
         want = AF.resample(part, rate, 16000).numpy()
         got = resample(part.numpy(), rate, 16000)
         assert got.dtype == np.float32 and got.shape == want.shape
-        assert float(np.abs(got - want).max()) < 2e-5  # torchaudio's float32 rounding
+        assert float(np.abs(got - want).max()) < RESAMPLE_ATOL  # tests/budgets.py
     # and load_audio uses it: a 44.1 kHz file
     clip = load_audio(wav_bytes(x.numpy(), rate, subtype="FLOAT"))
-    assert np.abs(clip.samples - AF.resample(x, rate, 16000).numpy()).max() < 2e-5
+    assert np.abs(clip.samples - AF.resample(x, rate, 16000).numpy()).max() < RESAMPLE_ATOL
 
 
 def test_torch_free_fbank_equals_torchaudio_on_real_speech():
-    """Real speech: equal to torchaudio's float32 rounding. Its own float32 error (vs its
-    float64 result) reaches 1.6e-3 in near-silent mel bins of real speech, so the bound on the
-    largest difference is that size; 99 % of values agree within 3e-5 (measured: median
-    1.4e-6, 99 % 2.1e-5, 99.9 % 1.3e-4, max 8.1e-4)."""
+    """Real speech: equal to torchaudio's up to float32 rounding, element by element within the
+    fbank error budget (tests/budgets.py: near-silent mel bins of real speech carry errors up
+    to 1.1e-3, loud ones < 1e-5)."""
     from speakerid.features import fbank
 
-    diffs = []
     for i in range(len(VOICE_CLIPS)):
         x = real_speech(i)
         got, want = fbank_numpy(x), fbank(x).numpy()
         assert got.dtype == np.float32 and got.shape == want.shape
-        diffs.append(np.abs(got - want).ravel())
-    diffs = np.concatenate(diffs)
-    assert float(np.quantile(diffs, 0.99)) < 3e-5 and float(diffs.max()) < 3e-3
+        assert within_fbank_budget(got, want, x)
     rng = np.random.default_rng(0)
     for n, frames in ((399, 0), (400, 1), (559, 1), (560, 2)):
         w = rng.uniform(-0.5, 0.5, n).astype(np.float32)
@@ -223,7 +220,7 @@ def test_int8_precision_is_opt_in_cached_and_close_to_fp32(tiny_ckpt, tmp_path, 
     clips = [load_audio(wav_bytes(real_speech(i))) for i in range(3)]
     a, b = fp32.embed_many(clips), int8.embed_many(clips)
     cos = [float(x.vector @ y.vector) for x, y in zip(a, b)]
-    assert all(0.99 < c < 0.99999 for c in cos), cos  # close, and really quantized
+    assert all(0.99 < c < COSINE_SAME for c in cos), cos  # close, and really quantized
     with pytest.raises(errors.DeviceError, match="precision int8 runs on the onnx backend"):
         Embedder(tiny_ckpt, precision="int8", backend="torch")
     monkeypatch.setenv("SPEAKERID_PRECISION", "int4")
@@ -310,18 +307,19 @@ def test_window_embeddings_on_onnx_runtime_equal_the_pytorch_trunk(tiny_ckpt, tm
         for ref in (mean, None):
             a, b = fo.embed_block(x, spans, ref), ft.embed_block(x, spans, ref)
             assert a.shape == b.shape == (len(spans), 192)
-            assert float(np.sum(a * b, axis=1).min()) > 0.99999
+            assert float(np.sum(a * b, axis=1).min()) > COSINE_SAME
             # the tiny random-ish fixture amplifies the fbank's float32 differences (numpy vs
-            # torchaudio): 2-4e-4 here, 2e-5 with the same fbank; the m32 asset: 3e-6
-            assert float(np.abs(a - b).max()) < 1e-3
+            # torchaudio): 2-4e-4 here, 2e-5 with the same fbank; the m32 asset: 3e-6. Unit
+            # vectors within COSINE_SAME differ by at most sqrt(2 (1 - COSINE_SAME)) anywhere.
+            assert float(np.abs(a - b).max()) < np.sqrt(2 * (1 - COSINE_SAME))
     _, whole = w.FrameEmbedder(onnx).whole(x)
     clip = AudioClip(x, "x", 16000, 1, "")
-    assert float(whole @ torch_.embed_clips([clip])[0].vector) > 0.99999
+    assert float(whole @ torch_.embed_clips([clip])[0].vector) > COSINE_SAME
     f = tmp_path / "x.wav"
     f.write_bytes(wav_bytes(x))
     a, b = (w.analyse(f, w.FrameEmbedder(e, w.FRAME_STEP)) for e in (onnx, torch_))
     assert a.speech == b.speech and np.array_equal(a.windows, b.windows) and len(a.windows) > 8
-    assert float(np.sum(a.vectors * b.vectors, axis=1).min()) > 0.99999
+    assert float(np.sum(a.vectors * b.vectors, axis=1).min()) > COSINE_SAME
 
 
 def test_exported_embedding_layers_equal_pytorch_with_two_layers(tmp_path, monkeypatch):

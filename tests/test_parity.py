@@ -21,6 +21,7 @@ from speakerid.models.eres2netv2 import (
     infer_config,
 )
 
+from .budgets import COSINE_SAME, within_fbank_budget
 from .conftest import FIXTURES, needs_shared
 
 pytestmark = needs_shared
@@ -72,9 +73,10 @@ def test_fbank_matches_official(reference, front_end):
     """Both front ends: torchaudio's (PyTorch backend) and the torch-free numpy one (ONNX
     Runtime backend) reproduce the official fbank goldens."""
     for wav, want in zip(reference["wavs"], reference["fbank"]):
-        got = torch.as_tensor(front_end(load_audio(wav).samples))
+        samples = load_audio(wav).samples
+        got = torch.as_tensor(front_end(samples))
         assert got.shape == want.shape and got.dtype == torch.float32
-        assert float((got - want).abs().max()) <= 1e-4
+        assert within_fbank_budget(got, want, samples)  # tests/budgets.py
 
 
 def test_embeddings_match_official_common_layout(tiny_reference):
@@ -82,26 +84,36 @@ def test_embeddings_match_official_common_layout(tiny_reference):
     for wav, want in zip(tiny_reference["wavs"], tiny_reference["embeddings"]):
         with torch.inference_mode():
             got = model(fbank(load_audio(wav).samples).unsqueeze(0))[0]
-        assert _cos(got, want) >= 0.99999
+        assert _cos(got, want) >= COSINE_SAME
 
 
 def test_embeddings_match_official_w24s4ep4_within_its_fp32_noise():
     """The w24s4ep4 fixture's random BatchNorm statistics make its AFF stages amplify float32
     rounding ~1e5 times: the same network in float64 vs float32 agrees only to cosine ~0.998, and
-    the fixture's value depends on the thread count that produced it. So we assert that our
-    distance to the fixture is within that intrinsic noise, and far from what an architecture
-    error costs (swapping the AFF inputs gives cosine ~0.48)."""
+    the fixture's value depends on the CPU and thread count that produced it.
+
+    Error budget, as angles (1 - cos = theta^2 / 2): the fixture is its machine's float32 result,
+    theta_fix from the float64 truth on its own features; we check that theta_fix is float32
+    noise of the size our float32 forward has on the same input (measured ratio 1.0-1.5 on
+    three code paths; allowed 3). Our whole pipeline then differs from the fixture by at most
+    theta_ours + theta_fix + the features' share: measured 1 - cos <= 8.5e-3 on the AVX2
+    path, allowed 0.02 (cos >= 0.98); an architecture error costs far more (swapping the AFF
+    inputs gives cosine ~0.48)."""
     ref = torch.load(FIXTURES / REFERENCES[1], weights_only=True)
     model = build_from_state_dict(ref["state_dict"])
     model64 = copy.deepcopy(model).double()
-    for wav, want in zip(ref["wavs"], ref["embeddings"]):
+
+    def theta(a, b) -> float:
+        return float(np.arccos(min(1.0, _cos(a, b))))
+
+    for wav, their_feats, want in zip(ref["wavs"], ref["fbank"], ref["embeddings"]):
         feats = fbank(load_audio(wav).samples).unsqueeze(0)
         with torch.inference_mode():
             got = model(feats)[0]
-            exact = model64(feats.double())[0]
-        noise = 1.0 - _cos(got, exact)
-        assert _cos(got, want) >= 0.997
-        assert 1.0 - _cos(got, want) <= 2 * noise + 1e-5
+            truth = model64(their_feats.double().unsqueeze(0))[0]
+            ours_on_theirs = model(their_feats.unsqueeze(0))[0]
+        assert theta(want, truth) <= 3 * theta(ours_on_theirs, truth)
+        assert _cos(got, want) >= 0.98
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", None])
@@ -127,5 +139,5 @@ def test_embed_api_and_cli_reproduce_fixture(tiny_reference, tiny_ckpt, tmp_path
         assert emb.model == row["model"] == "tiny"
         assert row["dim"] == 192
         assert abs(np.linalg.norm(emb.vector) - 1.0) < 1e-5
-        assert _cos(emb.vector, want) >= 0.99999
-        assert _cos(row["embedding"], want) >= 0.99999
+        assert _cos(emb.vector, want) >= COSINE_SAME
+        assert _cos(row["embedding"], want) >= COSINE_SAME
