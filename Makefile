@@ -24,7 +24,7 @@ test-all: $(STAMP)
 # The suite on the code paths of an AVX2-only CPU (AMD EPYC, older Xeons), on any x86-64 machine:
 # PyTorch's kernels, oneDNN and FAISS limited to AVX2 (ONNX Runtime keeps its own dispatch).
 test-avx2: $(STAMP)
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FAISS_OPT_LEVEL=avx2 $(PY) -m pytest -q
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FAISS_SIMD_LEVEL=AVX2 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check speakerid tests bench migrations data
