@@ -3,7 +3,8 @@
 A backup folder (format version 1) holds:
 
 - ``embeddings.npy``: float32 ``[utterances, dim]``, every stored utterance embedding, and
-  ``names.txt``: the speaker of each row. Together they stay readable by ``import-embeddings``.
+  ``names.txt``: the speaker of each row, and ``embeddings.npy.json``: the model that made them
+  (``vector_files``). Together they stay readable by ``import-embeddings``.
 - ``voiceprints.npy``: float32 ``[speakers, dim]``, row ``i`` = ``speakers[i]`` of the manifest.
 - ``speakers.json``: the manifest: format and version, the model binding (name, ref, sha256, dim),
   both thresholds with their sources, every speaker (name, metadata, created, updated) with its
@@ -37,6 +38,7 @@ from .registry.snapshot import BindingRecord, SpeakerRecord, UtteranceRecord
 from .registry.store import Registry, check_name
 from .registry.vectors import unit
 from .results import RestoreResult
+from .vector_files import Provenance, npy_bytes, provenance_json, sidecar
 
 log = logging.getLogger("speakerid")
 
@@ -46,6 +48,8 @@ MANIFEST = "speakers.json"
 EMBEDDINGS = "embeddings.npy"
 VOICEPRINTS = "voiceprints.npy"
 NAMES = "names.txt"
+#: The model of ``embeddings.npy`` for ``import-embeddings`` (``vector_files``).
+EMBEDDINGS_PROVENANCE = sidecar(EMBEDDINGS).name
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: How far a stored voiceprint may be from the re-normalized mean of its embeddings.
 _VOICEPRINT_TOLERANCE = 1e-4
@@ -87,11 +91,14 @@ def write_backup(registry: Registry, directory: str | os.PathLike) -> dict[str, 
             }
         )
     emb = [u.vector for sp in speakers for u in sp.utterances]
+    matrix = np.stack(emb) if emb else np.zeros((0, binding.dim), np.float32)
     files = {
-        EMBEDDINGS: _npy(np.stack(emb) if emb else np.zeros((0, binding.dim), np.float32)),
+        EMBEDDINGS: _npy(matrix),
         VOICEPRINTS: _npy(np.stack([sp.voiceprint for sp in speakers])),
         NAMES: "".join(f"{n}\n" for n in names).encode("utf-8"),
     }
+    made_by = Provenance(binding.model_name, binding.model_ref, binding.model_sha256, binding.dim)
+    files[EMBEDDINGS_PROVENANCE] = provenance_json(files[EMBEDDINGS], matrix.shape, made_by)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -129,9 +136,7 @@ def manifest_digest(manifest: dict) -> str:
 
 
 def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr, dtype="<f4"), allow_pickle=False)
-    return buf.getvalue()
+    return npy_bytes(arr)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -181,10 +186,13 @@ def read_backup(directory: str | os.PathLike) -> tuple[BindingRecord, list[Speak
 def _check_format(manifest: Any, root: Path, path: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         if isinstance(manifest, dict) and "format" not in manifest and "speakers" in manifest:
+            made = manifest.get("model_sha256")
+            made = f" (sha256 {str(made)[:12]})" if made else ""
             raise BackupError(
                 f"{root}: an export of an older speakerid without a backup manifest; import "
                 f"its vectors with speakerid import-embeddings {root / EMBEDDINGS} "
-                f"--names {root / NAMES}"
+                f"--names {root / NAMES} --model MODEL, the model that made them: "
+                f"{manifest.get('model')!r}{made}"
             )
         raise BackupError(f"{path}: not a speakerid backup manifest")
     version = manifest.get("version")

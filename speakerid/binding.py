@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from .errors import DeviceError, ModelError, ModelNotInstalledError, OnnxUnavailableError
+from .errors import (
+    DeviceError,
+    ModelError,
+    ModelMismatchError,
+    ModelNotInstalledError,
+    OnnxUnavailableError,
+)
 from .registry.database import DatabaseURL
 from .registry.store import Registry
 
@@ -140,16 +146,38 @@ class ModelBinding:
         e = self.embedder
         self.writable_registry().bind(e.name, e.ref, e.sha256, e.dim)
 
-    def bind_identity(self, dim: int) -> None:
-        """Bind (or check) the registry against the requested model without loading it:
-        vectors computed elsewhere must come from the registry's model, as for ``enroll``."""
+    def bind_identity(self, dim: int, made_by=None, what: str = "the vectors") -> None:
+        """Bind (or check) the registry without loading a model: vectors computed elsewhere
+        must come from the registry's model, as for ``enroll``. ``made_by`` (a
+        ``vector_files.Provenance``) is the model that made them, which must also be the
+        requested one; without it the requested model is assumed, else the bound one (the
+        caller vouches). Refusals happen before anything is written."""
         from . import weights
 
         requested = self.requested
         binding = self.binding()
-        if binding is not None and requested is None:
-            return  # the caller vouches that the vectors are the bound model's
-        ident = weights.identity(requested or config.DEFAULT_MODEL, self.download_progress)
+        if made_by is None:
+            if binding is not None and requested is None:
+                return  # the caller vouches that the vectors are the bound model's
+            ident = weights.identity(requested or config.DEFAULT_MODEL, self.download_progress)
+        else:
+            ident = weights.ModelIdentity(made_by.name, made_by.ref, made_by.sha256)
+            if requested is not None:
+                asked = weights.identity(requested, self.download_progress)
+                if asked.sha256 != made_by.sha256:
+                    raise ModelMismatchError(
+                        f"{what} were made by {made_by.describe()}, not by the requested model "
+                        f"{asked.name!r} (sha256 {asked.sha256[:12]}, from --model or "
+                        f"${config.ENV_MODEL}): embeddings of different models are not comparable"
+                    )
+                ident = asked  # the same model, by a reference that resolves here
+            if binding is not None and binding.model_sha256 != made_by.sha256:
+                raise ModelMismatchError(
+                    f"{what} were made by {made_by.describe()}, but registry {self.location} is "
+                    f"bound to model {binding.model_name!r} (sha256 "
+                    f"{binding.model_sha256[:12]}): embeddings of different models are not "
+                    f"comparable; embed the audio with the registry's model or use another --db"
+                )
         self.writable_registry().bind(ident.name, ident.ref, ident.sha256, dim)
 
 

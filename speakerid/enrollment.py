@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import vector_files
 from .audio import SAMPLE_RATE, AudioClip, load_audio
 from .binding import ModelBinding
 from .errors import AudioQualityError, InvalidInputError, SpeakerExistsError
@@ -25,6 +26,7 @@ from .quality import MIN_SPEECH_SECONDS
 from .registry.store import NewUtterance, check_name
 from .results import EnrollResult, TrackResult
 from .thresholds import Thresholds
+from .vector_files import Provenance
 
 Progress = Callable[[int], None]
 
@@ -167,19 +169,50 @@ class Enrollment:
         vectors: np.ndarray,
         sources: Sequence[str | None] | None = None,
         append: bool = False,
+        model: str | os.PathLike | None = None,
+        made_by: Provenance | None = None,
+        what: str = "the vectors",
     ) -> list[EnrollResult]:
-        """See ``SpeakerID.import_embeddings``."""
+        """See ``SpeakerID.import_embeddings``; ``made_by``: the model already decided (files)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(names):
             raise InvalidInputError(
                 f"{len(names)} names for an embedding matrix of shape {tuple(vectors.shape)}"
             )
-        self.bound.bind_identity(int(vectors.shape[1]))
+        if made_by is None and model is not None:
+            made_by = self._identity(model, int(vectors.shape[1]))
+        self.bound.bind_identity(int(vectors.shape[1]), made_by, what)
         groups: dict[str, list[NewUtterance]] = {}
         for i, name in enumerate(names):
             src = sources[i] if sources else None
             groups.setdefault(check_name(name), []).append(NewUtterance(vectors[i], src))
         return self.bound.registry.enroll_many(list(groups.items()), append=append)
+
+    def import_files(
+        self,
+        files: Sequence[str | os.PathLike],
+        names_file: str | os.PathLike | None = None,
+        speaker: str | None = None,
+        model: str | os.PathLike | None = None,
+        append: bool = False,
+    ) -> list[EnrollResult]:
+        """See ``SpeakerID.import_embedding_files``."""
+        batch = vector_files.read(files, names_file, speaker)
+        named = model or self.bound.model  # said for these files (not $SPEAKERID_MODEL)
+        dim = int(batch.vectors.shape[-1]) if batch.vectors.ndim else 0
+        declared = self._identity(named, dim) if named else None
+        made_by = vector_files.made_by(batch, declared)
+        what = f"the vectors of {vector_files.describe_files(batch.files)}"
+        return self.import_embeddings(
+            batch.names, batch.vectors, batch.sources, append, made_by=made_by, what=what
+        )
+
+    def _identity(self, model: str | os.PathLike, dim: int) -> Provenance:
+        """The provenance of vectors that ``model`` made, learned without loading it."""
+        from . import weights
+
+        ident = weights.identity(model, self.bound.download_progress)
+        return Provenance(ident.name, ident.ref, ident.sha256, dim)
 
     def enroll_voice(
         self,

@@ -178,9 +178,33 @@ class SpeakerID:
         vectors: np.ndarray,
         sources: Sequence[str | None] | None = None,
         append: bool = False,
+        model: str | os.PathLike | None = None,
     ) -> list[EnrollResult]:
-        """Add precomputed embeddings (rows of ``vectors``; repeated names = one speaker)."""
-        return self._enrollment.import_embeddings(names, vectors, sources, append)
+        """Add precomputed embeddings (rows of ``vectors``; repeated names = one speaker).
+
+        ``model`` names the model that made them; another model than the registry's (or the
+        requested one) is refused. Without it the caller vouches that they are the requested
+        model's, else the registry's: arrays carry no provenance (files do, see
+        ``import_embedding_files``)."""
+        return self._enrollment.import_embeddings(names, vectors, sources, append, model)
+
+    def import_embedding_files(
+        self,
+        files: Sequence[str | os.PathLike],
+        names_file: str | os.PathLike | None = None,
+        speaker: str | None = None,
+        model: str | os.PathLike | None = None,
+        append: bool = False,
+    ) -> list[EnrollResult]:
+        """Import ``.npy`` embedding files: one vector each (a speaker per file stem, or all
+        ``speaker``), or one N x dim matrix with ``names_file`` (one name a line).
+
+        Files that ``embed --output`` or ``export`` wrote carry their model (a ``.npy.json``
+        sidecar, ``vector_files``) and are refused when it is not the registry's. Bare files
+        (3D-Speaker's ``infer_sv.py`` outputs) are refused unless ``model`` (or the
+        constructor's ``model``) names the model that made them: ``$SPEAKERID_MODEL`` says
+        which model the user runs, not which one made some files."""
+        return self._enrollment.import_files(files, names_file, speaker, model, append)
 
     # --- tracking ----------------------------------------------------------------------------
     def track(

@@ -1,4 +1,5 @@
-"""``speakerid embed FILE...``: print or save normalized embeddings."""
+"""``speakerid embed FILE...``: print or save normalized embeddings (saved ones carry their
+model in a sidecar, ``vector_files``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import InvalidInputError
 from .common import (
     BackendOpt,
     CompileOpt,
@@ -45,7 +47,13 @@ def embed(
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Save one <name>.npy per file here.")
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Save one <name>.npy per file here, with <name>.npy.json: the model that "
+            "made it (import-embeddings checks it).",
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -56,8 +64,7 @@ def embed(
       speakerid embed a.wav b.wav --json
       speakerid embed recordings/*.flac -o embeddings/
     """
-    import numpy as np
-
+    from .. import vector_files
     from ..audio import load_audio
     from ..config import check_backend, check_precision
     from ..embedder import Embedder
@@ -76,9 +83,14 @@ def embed(
         results = embedder.embed_many(clips, on_progress=advance)
     outputs = _unique_outputs(files, output) if output else [None] * len(files)
     if output:
-        output.mkdir(parents=True, exist_ok=True)
-        for res, path in zip(results, outputs):
-            np.save(path, res.vector)
+        made_by = vector_files.Provenance.of(embedder)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInputError(f"{output}: cannot create the folder ({exc})") from None
+        for f, res, path in zip(files, results, outputs):
+            source = {"file": str(f), "sha256": res.sha256, "duration": round(res.duration, 3)}
+            vector_files.save(path, res.vector, made_by, source)  # + NAME.npy.json: its model
     if json_out:
         rows = []
         for f, res, path in zip(files, results, outputs):
@@ -90,6 +102,7 @@ def embed(
             }
             if path:
                 row["output"] = str(path)
+                row["provenance"] = str(vector_files.sidecar(path))
             rows.append(row)
         emit_json(rows)
         return

@@ -143,17 +143,6 @@ def rename(
         typer.echo(f"renamed {old} -> {new}")
 
 
-def _load_npy(path: Path):
-    import numpy as np
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except EOFError:
-        raise InvalidInputError(f"{path}: not a readable .npy file (empty)") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path}: not a readable .npy file ({exc})") from None
-
-
 @handle_errors
 def import_embeddings(
     files: Annotated[
@@ -168,48 +157,33 @@ def import_embeddings(
     ] = None,
     append: Annotated[bool, typer.Option("--append", help="Add to existing speakers.")] = False,
     db: DbOpt = None,
-    model: ModelOpt = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="The model that made the vectors (name or checkpoint path): needed for bare "
+            ".npy files such as 3D-Speaker infer_sv.py outputs; files written by speakerid "
+            "embed -o carry theirs (NAME.npy.json).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Import embeddings computed elsewhere (3D-Speaker infer_sv.py .npy outputs or a matrix).
 
     Without --names/--speaker each file is one speaker named after the file stem. The
-    embeddings must come from the registry's model (--model binds a new registry).
+    embeddings must come from the registry's model: files written by speakerid embed -o or
+    export carry their model (NAME.npy.json) and another model's are refused; bare .npy
+    files need --model, the model that made them (it also binds a new registry).
 
     \b
     Examples:
       speakerid import-embeddings emb/*.npy
-      speakerid import-embeddings matrix.npy --names names.txt
+      speakerid import-embeddings out/*.npy --model eres2netv2
+      speakerid import-embeddings matrix.npy --names names.txt --model eres2netv2
     """
-    import numpy as np
-
-    if names is not None:
-        if len(files) != 1:
-            raise InvalidInputError("--names goes with exactly one N x dim .npy matrix")
-        matrix = _load_npy(files[0])
-        try:
-            labels = [
-                ln.strip() for ln in names.read_text(encoding="utf-8").splitlines() if ln.strip()
-            ]
-        except OSError as exc:
-            raise InvalidInputError(f"{names}: cannot read names file ({exc.strerror})") from None
-        sources = [f"{files[0].name}[{i}]" for i in range(len(labels))]
-    else:
-        rows = []
-        for f in files:
-            arr = _load_npy(f)
-            if arr.ndim == 2 and arr.shape[0] == 1:
-                arr = arr[0]
-            if arr.ndim != 1:
-                raise InvalidInputError(f"{f}: expected one embedding, got shape {arr.shape}")
-            rows.append(arr)
-        if len({r.shape for r in rows}) != 1:
-            raise InvalidInputError("the .npy files have different embedding sizes")
-        matrix = np.stack(rows)
-        labels = [speaker or f.stem for f in files]
-        sources = [f.name for f in files]
     with open_service(db, model) as sid:
-        results = sid.import_embeddings(labels, matrix, sources, append=append)
+        results = sid.import_embedding_files(files, names, speaker, model, append=append)
     if json_out:
         emit_json([r.to_dict() for r in results])
     else:
