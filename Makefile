@@ -4,10 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all test-avx2 lint bench clean
+.PHONY: demo test test-all test-avx2 lint bench clean wheel
 
+# The distribution was called speakerid, a name another project owns on PyPI: a .venv made
+# before the rename drops it first (a no-op warning otherwise).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip uninstall --quiet --disable-pip-version-check -y speakerid
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,plots]'
 	touch $(STAMP)
 
@@ -29,5 +32,11 @@ test-avx2: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check speakerid tests bench migrations data
 
+# dist/speakerid_eres2net-VERSION-py3-none-any.whl (README, "Install"); build/ goes first so
+# that no module left there by an earlier build ends up in the wheel.
+wheel: $(STAMP)
+	rm -rf build
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation . -w dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -48,7 +48,7 @@ def _require(module: str):
         return __import__(module)
     except ImportError:
         raise OnnxUnavailableError(
-            f"the onnx backend needs the {module!r} package: pip install 'speakerid[onnx]'"
+            f"the onnx backend needs the {module!r} package: pip install onnx onnxruntime"
         ) from None
 
 

@@ -25,7 +25,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InvalidInputError("--plot needs matplotlib: pip install 'speakerid[plots]'") from None
+        raise InvalidInputError("--plot needs matplotlib: pip install matplotlib") from None
     return plt
 
 

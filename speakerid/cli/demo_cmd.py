@@ -28,7 +28,10 @@ from .common import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIPS = ROOT / "data" / "clips"
+#: The sample clips: in an installed wheel they ship as speakerid/assets/clips (pyproject.toml),
+#: in a checkout they are data/clips.
+_PACKAGED = Path(__file__).resolve().parents[1] / "assets" / "clips"
+CLIPS = _PACKAGED if (_PACKAGED / "manifest.csv").is_file() else ROOT / "data" / "clips"
 
 
 def _pick_model(requested: str | None) -> tuple[str, str]:

@@ -199,7 +199,7 @@ def _pg_engine(url: str, poolclass=None) -> Engine:
         import psycopg  # noqa: F401
     except ImportError:
         raise RegistryError(
-            "a PostgreSQL registry needs psycopg 3: pip install 'speakerid[postgres]'"
+            "a PostgreSQL registry needs psycopg 3: pip install 'psycopg[binary]>=3.1'"
         ) from None
     # No pre-ping (a round trip per checkout): a connection found broken is invalidated by
     # the failing call and replaced on the next one; idle ones are recycled.
