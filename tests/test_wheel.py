@@ -68,16 +68,18 @@ def installed(tmp_path_factory):
             python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp
         ).stdout.strip()
     )
-    # torch, numpy, onnxruntime...: this venv's packages, as plain path entries (their .pth
-    # files, the editable install's finder among them, are not processed from there)
-    deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
-    (site / "_speakerid_test_deps.pth").write_text("".join(f"{p}\n" for p in deps))
+    # installed before the env sees this venv: pip would take the checkout's editable install
+    # of the same name and version for this wheel ("already installed") and skip it
     _sh(
         sys.executable,
         *("-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q"),
         wheels[0],
         cwd=tmp,
     )
+    # torch, numpy, onnxruntime...: this venv's packages, as plain path entries (their .pth
+    # files, the editable install's finder among them, are not processed from there)
+    deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (site / "_speakerid_test_deps.pth").write_text("".join(f"{p}\n" for p in deps))
     return env_dir, site, wheels[0]
 
 
