@@ -11,7 +11,11 @@ Rules (documented in the README), the same for both decoders:
   sinc, ``torchaudio.functional.resample``), restated in numpy (``speakerid.resample``) so that
   loading audio never imports torch;
 - audio shorter than ``MIN_SECONDS``, empty, containing NaN/inf, or all-silent (peak below
-  ``SILENCE_PEAK``, i.e. -80 dBFS) is refused with a typed error.
+  ``SILENCE_PEAK``, i.e. -80 dBFS) is refused with a typed error;
+- audio longer than the decode limit (:func:`decode_limit`) is refused with
+  ``LimitExceededError`` as soon as the decoded samples cross it: a header need not tell the
+  length (WebM, streamed MP3/AAC), so a few MB of low-bitrate Opus cannot make us decode hours
+  into memory. Memory is bounded by the limit, not by the file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from .errors import (
     AudioTooShortError,
     EmptyAudioError,
     InvalidSamplesError,
+    LimitExceededError,
     SilentAudioError,
 )
 
@@ -56,6 +62,58 @@ AUDIO_EXTENSIONS = {
 }  # fmt: skip
 #: Samples per full scale of FFmpeg's integer sample formats (planar or packed).
 _INT_FULL_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
+#: Decoded mono samples per stored chunk (32 MiB of float32, 175 s at 48 kHz).
+_CHUNK = 1 << 23
+
+
+@dataclass(frozen=True)
+class DecodeLimit:
+    """The most seconds of audio one file may hold, and what a refusal tells the user to do."""
+
+    seconds: float
+    advice: str  # e.g. "this server accepts at most 300 s per file"
+
+    def frames(self, rate: int) -> int:
+        """Most frames at ``rate`` Hz within the limit."""
+        return math.floor(self.seconds * rate)
+
+    def refuse(self, name: str, seconds: float | None = None) -> LimitExceededError:
+        """The error for a file over the limit; ``seconds`` when a header told the length."""
+        if seconds is None:
+            return LimitExceededError(
+                f"{name}: audio is longer than {self.seconds:g} s; {self.advice}"
+            )
+        return LimitExceededError(f"{name}: audio is {seconds:.1f} s long; {self.advice}")
+
+
+_process_limit: DecodeLimit | None = None
+
+
+def set_decode_limit(limit: DecodeLimit | None) -> DecodeLimit | None:
+    """Make ``limit`` the cap of every decode in this process, whole or streamed, in every
+    thread (a server's ``--max-audio-seconds``); None: back to the defaults. Returns the
+    previous one. Process-wide on purpose: the library decodes on helper threads too."""
+    global _process_limit
+    previous, _process_limit = _process_limit, limit
+    return previous
+
+
+def decode_limit(streamed: bool = False) -> DecodeLimit:
+    """The cap in force: the process's (:func:`set_decode_limit`), else the user's
+    ``SPEAKERID_MAX_AUDIO_SECONDS`` for files decoded whole (default 1 h: memory grows with the
+    length) or ``SPEAKERID_MAX_TRACK_SECONDS`` for streamed ones (``track``, default 24 h:
+    memory stays bounded, only time grows)."""
+    if _process_limit is not None:
+        return _process_limit
+    from . import config
+
+    if streamed:
+        seconds, env, who = config.max_track_seconds(), config.ENV_MAX_TRACK_SECONDS, "track"
+    else:
+        seconds, env, who = config.max_audio_seconds(), config.ENV_MAX_AUDIO_SECONDS, "speakerid"
+    return DecodeLimit(
+        seconds, f"{who} accepts at most {seconds:g} s per file (set {env} to raise this limit)"
+    )
 
 
 @dataclass(frozen=True)
@@ -115,33 +173,96 @@ def _read_bytes(source: AudioSource) -> tuple[bytes, str]:
 
 
 def decode(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, int, int]:
-    """Decode encoded audio bytes to float32 ``[frames, channels]``, sample rate, channels.
+    """Decode encoded audio bytes to mono float32 ``[frames]`` (channels averaged), sample
+    rate, channels; at most :func:`decode_limit` seconds (``LimitExceededError`` beyond).
 
     libsndfile first; whatever it cannot read goes to FFmpeg (PyAV).
     """
     if not data:
         raise EmptyAudioError(f"{name}: file is empty (0 bytes)")
+    limit = decode_limit()
     try:
-        return _decode_sndfile(data, name)
+        return _decode_sndfile(data, name, limit)
     except AudioDecodeError as sf_error:
-        return _decode_ffmpeg(data, name, sf_error)
+        return _decode_ffmpeg(data, name, sf_error, limit)
 
 
-def _decode_sndfile(data: bytes, name: str) -> tuple[np.ndarray, int, int]:
+def _checked_mono(
+    block: np.ndarray, total: int, rate: int, name: str, limit: DecodeLimit
+) -> np.ndarray:
+    """``block`` (float32 ``[frames, channels]``) averaged to mono; refused when ``total``,
+    the frames decoded so far with it, crosses the limit, or when it holds NaN/inf."""
+    if total > limit.frames(rate):
+        raise limit.refuse(name)
+    if not np.isfinite(block).all():
+        raise InvalidSamplesError(f"{name}: audio contains NaN or infinite samples")
+    return _downmix(block)
+
+
+class _Collector:
+    """Decoded blocks, checked and downmixed as they come, up to the limit: a file is refused
+    once its samples cross it, so nothing beyond the limit is ever held. Averaging channels
+    block by block gives the same samples as averaging the whole array.
+
+    Samples go into chunks of ``_CHUNK`` (above glibc's largest mmap threshold, so each chunk
+    is its own mapping: pages count only once written, and a freed chunk goes back to the
+    system), not into one small array per codec frame: 180,000 Opus frames per hour would stay
+    in the heap after they are freed. The result is assembled chunk by chunk, freeing each one
+    as it is copied, so the peak stays one copy of the audio plus one chunk."""
+
+    def __init__(self, name: str, limit: DecodeLimit) -> None:
+        self.name, self.limit = name, limit
+        self.chunks: list[np.ndarray] = []
+        self.fill = _CHUNK  # samples used in the last chunk
+        self.frames = 0
+
+    def add(self, block: np.ndarray, rate: int) -> None:
+        """``block``: float32 ``[frames, channels]`` at ``rate`` Hz."""
+        self.frames += len(block)
+        mono = _checked_mono(block, self.frames, rate, self.name, self.limit)
+        while len(mono):
+            if self.fill == _CHUNK:
+                self.chunks.append(np.empty(_CHUNK, np.float32))
+                self.fill = 0
+            n = min(len(mono), _CHUNK - self.fill)
+            self.chunks[-1][self.fill : self.fill + n] = mono[:n]
+            self.fill += n
+            mono = mono[n:]
+
+    def samples(self) -> np.ndarray:
+        out = np.empty(self.frames, np.float32)
+        chunks, self.chunks = self.chunks[::-1], []
+        at = 0
+        while chunks:
+            chunk = chunks.pop()
+            n = min(_CHUNK, self.frames - at)
+            out[at : at + n] = chunk[:n]
+            at += n
+            del chunk
+        return out
+
+
+def _decode_sndfile(data: bytes, name: str, limit: DecodeLimit) -> tuple[np.ndarray, int, int]:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             rate, channels, subtype = f.samplerate, f.channels, f.subtype
+            if f.format != "MP3" and f.frames > limit.frames(rate):
+                # the header's length is exact here (MP3's is estimated from the bitrate)
+                raise limit.refuse(name, f.frames / rate)
+            # one read, as libsndfile's MP3 decoder rounds differently across reads; one
+            # frame more than the limit tells a longer MP3 (reads stop at the file's end)
+            most = limit.frames(rate) + 1
             if subtype == "PCM_16":
                 # Exactly the official scaling: int16 / 32768.
-                samples = f.read(dtype="int16", always_2d=True).astype(np.float32) / 32768.0
+                samples = f.read(most, dtype="int16", always_2d=True).astype(np.float32) / 32768.0
             else:
-                samples = f.read(dtype="float32", always_2d=True)
+                samples = f.read(most, dtype="float32", always_2d=True)
     except sf.LibsndfileError as exc:
         detail = str(exc).split(":")[-1].strip() or "unknown format"
         raise AudioDecodeError(f"{name}: not a readable audio file ({detail})") from None
     except (RuntimeError, ValueError, TypeError, EOFError) as exc:
         raise AudioDecodeError(f"{name}: corrupt or unsupported audio ({exc})") from None
-    return samples, rate, channels
+    return _checked_mono(samples, len(samples), rate, name, limit), rate, channels
 
 
 def _frame_samples(frame) -> np.ndarray:
@@ -158,9 +279,10 @@ def _frame_samples(frame) -> np.ndarray:
 
 
 def _decode_ffmpeg(
-    data: bytes, name: str, sf_error: AudioDecodeError
+    data: bytes, name: str, sf_error: AudioDecodeError, limit: DecodeLimit
 ) -> tuple[np.ndarray, int, int]:
-    """Decode the first audio stream with FFmpeg (m4a/AAC, WebM/Opus, ...), from memory."""
+    """Decode the first audio stream with FFmpeg (m4a/AAC, WebM/Opus, ...), from memory, frame
+    by frame up to the limit (containers' durations are not trusted: counted here)."""
     import av  # lazy: only for what libsndfile cannot read
 
     try:
@@ -172,30 +294,34 @@ def _decode_ffmpeg(
         if not container.streams.audio:
             raise AudioDecodeError(f"{name}: no audio stream in this {fmt} file")
         stream = container.streams.audio[0]
-        parts: list[np.ndarray] = []
+        out = _Collector(name, limit)
         rate = channels = 0
+        exact = None  # MP4/M4A state the exact length; AAC's last frame is padded beyond it.
         try:
             for frame in container.decode(stream):
-                if parts and (frame.sample_rate, frame.layout.nb_channels) != (rate, channels):
+                shape = (frame.sample_rate, frame.layout.nb_channels)
+                if out.frames and shape != (rate, channels):
                     raise AudioDecodeError(
                         f"{name}: sample rate or channel count changes inside the stream"
                     )
-                rate, channels = frame.sample_rate, frame.layout.nb_channels
-                parts.append(_frame_samples(frame))
+                rate, channels = shape
+                if exact is None:
+                    exact = 0
+                    if fmt == "mov" and stream.duration and stream.time_base:
+                        exact = round(float(stream.duration * stream.time_base) * rate)
+                x = _frame_samples(frame)
+                if exact > 0:
+                    x = x[: max(0, exact - out.frames)]
+                if len(x):
+                    out.add(x, rate)
         except (av.FFmpegError, OSError, ValueError) as exc:
             detail = getattr(exc, "strerror", None) or str(exc)
             raise AudioDecodeError(
                 f"{name}: corrupt or unsupported audio ({fmt}: {detail})"
             ) from None
-        if not parts:
+        if not out.frames:
             raise EmptyAudioError(f"{name}: audio contains no samples")
-        samples = np.concatenate(parts)
-        if fmt == "mov" and stream.duration and stream.time_base:
-            # MP4/M4A state the exact length; AAC's last frame is padded beyond it.
-            exact = round(float(stream.duration * stream.time_base) * rate)
-            if 0 < exact < len(samples):
-                samples = samples[:exact]
-    return samples, rate, channels
+    return out.samples(), rate, channels
 
 
 def _downmix(samples: np.ndarray) -> np.ndarray:
@@ -239,9 +365,7 @@ def load_audio(source: AudioSource, min_seconds: float = MIN_SECONDS) -> AudioCl
     samples, rate, channels = decode(data, name)
     if samples.shape[0] == 0:
         raise EmptyAudioError(f"{name}: audio contains no samples")
-    if not np.isfinite(samples).all():
-        raise InvalidSamplesError(f"{name}: audio contains NaN or infinite samples")
-    mono = _resample(_downmix(samples), rate)
+    mono = _resample(samples, rate)
     validate(mono, name, min_seconds)
     digest = hashlib.sha256(data).hexdigest()
     log.debug("loaded %s: %d Hz x%d -> %.2f s", name, rate, channels, len(mono) / SAMPLE_RATE)

@@ -29,6 +29,15 @@ ENV_THREADS = "SPEAKERID_THREADS"
 ENV_CACHE = "SPEAKERID_CACHE"
 ENV_PRECISION = "SPEAKERID_PRECISION"
 ENV_COMPILE = "SPEAKERID_COMPILE"
+ENV_MAX_AUDIO_SECONDS = "SPEAKERID_MAX_AUDIO_SECONDS"
+ENV_MAX_TRACK_SECONDS = "SPEAKERID_MAX_TRACK_SECONDS"
+#: Longest audio per file that the commands decoding a file whole (enroll, identify, verify,
+#: compare, embed, ...) accept: 1 h is 230 MB as 16 kHz float32, 1.6 GB at the peak of loading
+#: it from 48 kHz (bench/decode_bomb.py). A few MB of Opus can hold hours; beyond, one line.
+DEFAULT_MAX_AUDIO_SECONDS = 3600.0
+#: Longest recording ``track`` accepts: it streams (memory stays bounded at any length), so this
+#: bounds only the time a file can take.
+DEFAULT_MAX_TRACK_SECONDS = 86400.0
 #: ``fp32`` is exact (on CUDA too: no TF32 in the convolutions). The others are opt-in and shift
 #: embeddings slightly (docs/performance.md): ``int8``, the ONNX Runtime network with dynamically
 #: quantized convolutions (CPU); ``tf32``, CUDA tensor cores on float32 (PyTorch's own default for
@@ -171,6 +180,31 @@ def env_threshold() -> float | None:
     """``$SPEAKERID_THRESHOLD`` if set (validated), else None."""
     raw = os.environ.get(ENV_THRESHOLD)
     return None if raw in (None, "") else parse_threshold(raw)
+
+
+def _seconds(env: str, default: float) -> float:
+    raw = (os.environ.get(env) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise InvalidInputError(f"${env}={raw!r}: use a positive number of seconds")
+    return value
+
+
+def max_audio_seconds() -> float:
+    """``$SPEAKERID_MAX_AUDIO_SECONDS`` (default 3600): the most audio one file may hold where
+    it is decoded whole (``speakerid.audio.decode_limit``)."""
+    return _seconds(ENV_MAX_AUDIO_SECONDS, DEFAULT_MAX_AUDIO_SECONDS)
+
+
+def max_track_seconds() -> float:
+    """``$SPEAKERID_MAX_TRACK_SECONDS`` (default 86400): the longest recording ``track``
+    streams."""
+    return _seconds(ENV_MAX_TRACK_SECONDS, DEFAULT_MAX_TRACK_SECONDS)
 
 
 def server_url(explicit: str | None = None) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..audio import AudioClip, load_audio
-from ..errors import AudioError, LimitExceededError
+from ..errors import AudioError
 from .metrics import Metrics
 
 log = logging.getLogger("speakerid")
@@ -95,14 +95,14 @@ class BatchingEmbedder:
         return [c if isinstance(c, AudioError) else next(done) for c in decoded]
 
     def check_limits(self, clips: Sequence[AudioClip]) -> None:
+        """Clips handed in decoded (files decoded here stopped at the process's limit)."""
         if self._max_seconds is None:
             return
+        from .limits import audio_limit
+
         for c in clips:
             if c.duration > self._max_seconds:
-                raise LimitExceededError(
-                    f"{c.source}: audio is {c.duration:.1f} s long; this server accepts at most "
-                    f"{self._max_seconds:g} s per file"
-                )
+                raise audio_limit(self._max_seconds).refuse(c.source, c.duration)
 
     # --- queue and worker --------------------------------------------------------------------
     def _submit(self, clips: list[AudioClip]) -> list:

@@ -4,13 +4,18 @@ The body limit is enforced while the body streams in, before anything is parsed:
 ``Content-Length`` above the limit is answered at once, and a body that grows past it (chunked
 uploads) is cut off. In both cases the rest of the body is read and dropped (up to a bound) so
 that the client reads a clean 413 instead of a broken connection.
+
+Seconds per file (``--max-audio-seconds``): from the header before anything is decoded where
+libsndfile can tell it, and in any case while decoding: the server makes it the process's
+decode limit (:func:`speakerid.audio.set_decode_limit`), so every decode, whole or streamed,
+in any thread, stops where the audio crosses it (WebM or streamed MP3 carry no length).
 """
 
 from __future__ import annotations
 
 import io
 
-from ..audio import AudioBytes
+from ..audio import AudioBytes, DecodeLimit
 from ..errors import LimitExceededError
 from .problems import BODY_TOO_LARGE, problem
 
@@ -82,9 +87,14 @@ class BodyLimitMiddleware:
             await problem(413, self.message(), "LimitExceededError")(scope, receive, send)
 
 
+def audio_limit(max_seconds: float) -> DecodeLimit:
+    """The server's seconds per file as a decode limit (its refusals are 413)."""
+    return DecodeLimit(max_seconds, f"this server accepts at most {max_seconds:g} s per file")
+
+
 def probe_seconds(data: bytes) -> float | None:
     """Duration from the file header when libsndfile can tell it without decoding, else None
-    (the batching embedder checks the decoded length too)."""
+    (decoding stops at the limit then)."""
     import soundfile as sf
 
     try:
@@ -103,24 +113,16 @@ def check_sources(sources: list[AudioBytes], max_files: int, max_seconds: float)
     for src in sources:
         seconds = probe_seconds(src.data)
         if seconds is not None and seconds > max_seconds:
-            raise LimitExceededError(
-                f"{src.name}: audio is {seconds:.1f} s long; this server accepts at most "
-                f"{max_seconds:g} s per file"
-            )
+            raise audio_limit(max_seconds).refuse(src.name, seconds)
 
 
 def check_length(source: AudioBytes, max_seconds: float) -> None:
     """Seconds of one recording that is never decoded as a whole (``/v1/track`` streams it):
-    from the header, else by decoding it block by block (stops at the limit)."""
+    from the header, else by decoding it block by block up to the limit, before tracking
+    spends seconds of VAD and embeddings on the part below it."""
     if probe_seconds(source.data) is not None:
         return  # check_sources has compared it already
     from ..tracking.stream import stream_audio
 
-    samples = 0
-    for block in stream_audio(source):
-        samples += len(block)
-        if samples > max_seconds * 16000:
-            raise LimitExceededError(
-                f"{source.name}: audio is longer than {max_seconds:g} s; this server accepts "
-                f"at most {max_seconds:g} s per file"
-            )
+    for _ in stream_audio(source, audio_limit(max_seconds)):
+        pass

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, SILENCE_PEAK, AudioBytes, AudioSource, source_name
+from ..audio import (
+    SAMPLE_RATE,
+    SILENCE_PEAK,
+    AudioBytes,
+    AudioSource,
+    DecodeLimit,
+    decode_limit,
+    source_name,
+)
 from ..errors import (
     AudioDecodeError,
     AudioFileNotFoundError,
@@ -175,20 +183,25 @@ def _native_ffmpeg(fh, name: str) -> Iterator[tuple[np.ndarray, int]]:
             ) from None
 
 
-def stream_audio(source: AudioSource) -> Iterator[np.ndarray]:
+def stream_audio(source: AudioSource, limit: DecodeLimit | None = None) -> Iterator[np.ndarray]:
     """16 kHz mono float32 blocks of a file or bytes, checked like ``load_audio``: NaN/inf,
     empty, shorter than 0.5 s and silent audio raise the same typed errors (the last two once
-    the whole stream has been read)."""
+    the whole stream has been read); a stream that crosses ``limit`` (default: the streamed
+    :func:`~speakerid.audio.decode_limit`) raises ``LimitExceededError`` there."""
     from ..audio import MIN_SECONDS
 
+    limit = limit or decode_limit(streamed=True)
     fh, name = _open_bytes(source)
     try:
         native = _native_sndfile(fh, name)
         if native is None:
             native = _native_ffmpeg(fh, name)
         resampler: Resampler | None = None
-        total, peak = 0, 0.0
+        total, peak, frames = 0, 0.0, 0
         for block, rate in native:
+            frames += len(block)
+            if frames > limit.frames(rate):
+                raise limit.refuse(name)
             if not np.isfinite(block).all():
                 raise InvalidSamplesError(f"{name}: audio contains NaN or infinite samples")
             mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
