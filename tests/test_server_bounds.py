@@ -119,7 +119,7 @@ def _select_limits(sid) -> list:
 
 def test_did_you_mean_reads_a_bounded_number_of_names(db_url, tiny_ckpt, monkeypatch):
     monkeypatch.setattr(store, "SUGGEST_SCAN_MAX", 20, raising=False)
-    monkeypatch.setattr(store, "SUGGEST_PREFIX_ROWS", 50, raising=False)
+    monkeypatch.setattr(store, "SUGGEST_NEIGHBOURS", 5, raising=False)
     names = [f"user{i:03d}" for i in range(120)] + ["alice", "Alicia", "bob", "Émile"]
     with SpeakerID(db=db_url, model=tiny_ckpt) as sid:
         sid.import_embeddings(names, unit_rows(len(names), seed=53))
@@ -134,11 +134,10 @@ def test_did_you_mean_reads_a_bounded_number_of_names(db_url, tiny_ckpt, monkeyp
         monkeypatch.setattr(store.difflib, "get_close_matches", counted)
         for asked, hint in (
             ("alcie", "'alice'"),
-            ("ALICE", "'alice'"),
-            ("emile", None),  # the prefix differs in its first letter: no hint, and no scan
+            ("ALICE", "'alice'"),  # a case variant's neighbours
             ("Alcie", "'alice'"),
-            ("user00", "'user0"),  # among the first rows of a long prefix (bounded)
-            ("laice", None),
+            ("user0077", "'user0"),
+            ("emile", None),  # 'Émile' sorts after every ASCII name: not a neighbour
         ):
             with pytest.raises(errors.SpeakerNotFoundError) as exc:
                 sid.show(asked)
@@ -146,11 +145,11 @@ def test_did_you_mean_reads_a_bounded_number_of_names(db_url, tiny_ckpt, monkeyp
                 assert f"(did you mean {hint}" in str(exc.value), (asked, str(exc.value))
             else:
                 assert "did you mean" not in str(exc.value)
-        assert seen and all(limit is not None and limit <= 50 for limit in seen), seen
-        assert compared and max(compared) <= 4 * 50
+        assert seen and all(limit is not None and limit <= 21 for limit in seen), seen
+        assert compared and max(compared) <= 8 * 5
         # a small registry still compares every name (typos anywhere in the name)
         monkeypatch.setattr(store, "SUGGEST_SCAN_MAX", 1000)
-        assert sid.registry.similar_names("laice") == ["alice"]
+        assert sid.registry.similar_names("emile") == ["Émile"]
 
 
 def test_no_file_system_lookup_of_a_requested_name(tmp_path, tiny_ckpt, monkeypatch):

@@ -58,13 +58,13 @@ MAX_NAME_LENGTH = 200
 #: Writes whose change-log entries are kept; an index cache further behind rebuilds.
 LOG_KEEP = 10_000
 _CHUNK = 900  # bound parameters per IN (...) query
-#: "Did you mean" compares against every name only up to this many speakers (difflib is O(n),
-#: ~0.1 s per 50k names: an unknown name must not cost a request that much). Larger registries
-#: compare the names that share the first ``SUGGEST_PREFIX`` characters (as given, lower,
-#: upper, title case), at most ``SUGGEST_PREFIX_ROWS`` each, read through the name index.
+#: "Did you mean" compares against every name only up to this many speakers (difflib costs up
+#: to ~1 s per 50k similar names: an unknown name must not cost a request that much). Larger
+#: registries compare the names next to the unknown one in code-point order (as given, lower,
+#: upper, title case), ``SUGGEST_NEIGHBOURS`` on each side, read through the name index:
+#: typos late in a name and case differences are found, a typo in its first letters may not.
 SUGGEST_SCAN_MAX = 2_000
-SUGGEST_PREFIX = 2
-SUGGEST_PREFIX_ROWS = 200
+SUGGEST_NEIGHBOURS = 50
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,6 @@ def check_name(name: str) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in clean):
         raise InvalidNameError(f"speaker name {clean!r} contains control characters")
     return clean
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The first string after all those that start with ``prefix`` (code-point order)."""
-    last = ord(prefix[-1]) + 1
-    if 0xD800 <= last <= 0xDFFF:  # surrogates are not characters: skip them
-        last = 0xE000
-    return prefix[:-1] + chr(last) if last <= 0x10FFFF else None
 
 
 class Registry:
@@ -440,26 +432,23 @@ class Registry:
         """Close names, reading a bounded number of them (see ``SUGGEST_SCAN_MAX``)."""
         names = s.scalars(select(Speaker.name).limit(SUGGEST_SCAN_MAX + 1)).all()
         if len(names) > SUGGEST_SCAN_MAX:
-            names = self._names_by_prefix(s, name)
+            names = self._neighbours(s, name)
         folded: dict[str, list[str]] = {}
         for other in names:
             folded.setdefault(other.casefold(), []).append(other)
         close = difflib.get_close_matches(name.casefold(), list(folded), n=n, cutoff=0.75)
         return [other for key in close for other in folded[key]][:n]
 
-    def _names_by_prefix(self, s: Session, name: str) -> list[str]:
-        """Names that start like ``name`` (as given, lower, upper, title case): a few
-        index range scans of at most ``SUGGEST_PREFIX_ROWS`` rows each."""
+    def _neighbours(self, s: Session, name: str) -> list[str]:
+        """Names next to ``name`` and to its case variants in code-point order: a few index
+        range scans of ``SUGGEST_NEIGHBOURS`` rows each, whatever the registry's size."""
         key = self._ordered_name()
-        head = name[:SUGGEST_PREFIX]
         found: dict[str, None] = {}
-        for prefix in dict.fromkeys((head, head.lower(), head.upper(), head.title())):
-            query = select(Speaker.name).where(key >= prefix)
-            end = _prefix_end(prefix)
-            if end is not None:
-                query = query.where(key < end)
-            rows = s.scalars(query.order_by(key).limit(SUGGEST_PREFIX_ROWS))
-            found.update((r, None) for r in rows if r.startswith(prefix))
+        for variant in dict.fromkeys((name, name.lower(), name.upper(), name.title())):
+            before = select(Speaker.name).where(key < variant).order_by(key.desc())
+            after = select(Speaker.name).where(key >= variant).order_by(key)
+            for query in (before, after):
+                found.update((r, None) for r in s.scalars(query.limit(SUGGEST_NEIGHBOURS)))
         return list(found)
 
     def _not_found(self, s: Session, name: str) -> SpeakerNotFoundError:
