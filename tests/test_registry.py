@@ -298,7 +298,7 @@ def test_wheel_ships_migrations(tmp_path):
         check=True,
         capture_output=True,
     )
-    wheel = next(tmp_path.glob("speakerid-*.whl"))
+    wheel = next(tmp_path.glob("speakerid_eres2net-*.whl"))  # the distribution name
     names = zipfile.ZipFile(wheel).namelist()
     for f in (
         "speakerid/migrations/env.py",
