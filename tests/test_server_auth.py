@@ -1,11 +1,14 @@
 """API keys: ``speakerid keys`` (stored hashed), Bearer auth on a real server, scopes
-read < write < admin, revocation at once, open only on loopback without keys."""
+read < write < admin, revocation at once, the key checked before the body is read, open only on
+loopback without keys and never reopened once a key existed."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -71,7 +74,7 @@ def test_requests_need_a_key_of_the_right_scope(keyed):
     assert "3 API keys: requests need" in srv.logs()
     with srv.client() as anon:
         assert anon.get("/healthz").status_code == 200  # probes and metrics stay open
-        assert anon.get("/readyz").json()["auth"] == "keys"
+        assert anon.get("/readyz").json() == {"status": "ready"}  # nothing more without a key
         r = anon.get("/v1/speakers")
         problem(r, 401, "AuthenticationError", "this server needs an API key")
         assert r.headers["www-authenticate"] == "Bearer"
@@ -82,6 +85,8 @@ def test_requests_need_a_key_of_the_right_scope(keyed):
 
     enroll = [("files", clip_bytes(A[0]))]
     with srv.client(key["read"]) as read:
+        ready = read.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["model"] == "demo" and ready["auth"] == "keys"
         assert read.get("/v1/speakers").json() == []
         problem(
             read.post("/v1/speakers/alice/enrollments", files=enroll),
@@ -154,11 +159,85 @@ def test_open_only_on_loopback_without_keys(tmp_path):
     assert not (tmp_path / "r.db").exists()  # refused before anything was created
 
 
-def test_open_server_says_so_and_closes_with_the_first_key(tmp_path):
+def test_open_server_closes_with_the_first_key_and_revoking_it_does_not_reopen_it(tmp_path):
     with Server(tmp_path) as srv, srv.client() as c:
         assert "open to every program on this machine" in srv.logs()
         assert c.get("/v1/speakers").status_code == 200
-        secret = c.post("/v1/keys", json={"name": "first", "scope": "admin"}).json()["key"]
-        problem(c.get("/v1/speakers"), 401, "AuthenticationError")
+        assert c.get("/readyz").json()["auth"] == "open"
+        # created by another process: the server learns it from the registry at the next request
+        secret = json.loads(
+            keys_cli(tmp_path, "create", "first", "--scope", "admin", "--json").stdout
+        )["key"]
+        problem(c.get("/v1/speakers"), 401, "AuthenticationError", "this server needs an API key")
         with srv.client(secret) as admin:
             assert admin.get("/v1/speakers").status_code == 200
+            assert admin.get("/readyz").json()["auth"] == "keys"
+            assert admin.delete("/v1/keys/first").json() == {"revoked": "first"}
+        # no keys left, and still closed: only a restart reopens it
+        assert keys_cli(tmp_path, "list", "--json").stdout.strip() == "[]"
+        problem(c.get("/v1/speakers"), 401, "AuthenticationError", "this server needs an API key")
+        problem(c.post("/v1/keys", json={"name": "again", "scope": "admin"}), 401,
+                "AuthenticationError")  # fmt: skip
+        assert c.get("/readyz").json() == {"status": "ready"}
+        assert "revoking every key does not reopen this server" in srv.logs()
+
+
+def _raw_request(url: str, head: str) -> socket.socket:
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(head.encode())
+    return sock
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 answer with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(ln.split(b": ", 1) for ln in head.split(b"\r\n")[1:])
+    length = int({k.lower(): v for k, v in fields.items()}.get(b"content-length", b"0"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body
+
+
+def test_the_key_is_checked_before_the_body_is_read(keyed):
+    """A caller without a valid key announces a 20 MB upload and sends none of it: the refusal
+    comes at once (nothing waits for, or buffers, the body), and the connection stays usable."""
+    srv, key = keyed
+    size = 20 * 1024 * 1024
+    host = srv.url.split("//")[1]
+
+    def head(secret: str | None) -> str:
+        auth = f"Authorization: Bearer {secret}\r\n" if secret else ""
+        return (
+            f"POST /v1/speakers/mallory/enrollments HTTP/1.1\r\nHost: {host}\r\n{auth}"
+            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {size}\r\n\r\n"
+        )
+
+    for secret, status, detail in (
+        (None, 401, "this server needs an API key"),
+        ("spk_wrong", 401, "unknown API key"),
+        (key["read"], 403, "has scope 'read'; this needs 'write'"),
+    ):
+        sock = _raw_request(srv.url, head(secret))
+        t = time.perf_counter()
+        got, body = _read_response(sock)
+        assert time.perf_counter() - t < 5
+        assert got == status and detail in json.loads(body)["detail"], body
+        # the client sends its body anyway: the server drops it and answers the next request
+        sock.sendall(b"\0" * size)
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert _read_response(sock) == (200, b'{"status":"ok"}')
+        sock.close()
+    # with a key that may write, the server does wait for the body
+    sock = _raw_request(srv.url, head(key["admin"]))
+    sock.settimeout(1.5)
+    with pytest.raises(TimeoutError):
+        sock.recv(1)
+    sock.close()
+    with srv.client(key["admin"]) as admin:
+        assert "mallory" not in [s["name"] for s in admin.get("/v1/speakers").json()]

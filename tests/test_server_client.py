@@ -22,9 +22,21 @@ REL = [p.relative_to(ROOT) for p in (*A, *B, *C)]  # relative paths, as typed in
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def server(tmp_path_factory):
+    """One open server for the module; it never gets a key (that would close it for good)."""
     with Server(tmp_path_factory.mktemp("client")) as s:
         yield s
+
+
+@pytest.fixture
+def srv(server):
+    """The server with an empty registry: every test enrolls what it uses, so each one stands
+    alone in any order (and under ``-k``)."""
+    with Client(server.url) as sid:
+        for s in sid.list():
+            sid.remove(s.name)
+        sid.set_threshold(None)
+    return server
 
 
 def cli(home, *args, server=None, key=None, code=0, flag=False):
@@ -98,6 +110,7 @@ def test_client_has_speakerids_methods_and_results(srv):
 
 def test_client_raises_the_librarys_typed_errors(srv, tmp_path):
     with Client(srv.url) as sid, SpeakerID(db=srv.db) as local:
+        sid.enroll("alice", A[:2])
         for call in (
             lambda s: s.show("nobody"),
             lambda s: s.verify("nobody", A[0]),
@@ -126,6 +139,9 @@ def test_client_raises_the_librarys_typed_errors(srv, tmp_path):
 
 def test_cli_with_server_env_or_flag_answers_like_the_local_cli(srv, tmp_path):
     home = tmp_path / "home"  # a clean home: the commands must not touch a local registry
+    with Client(srv.url) as sid:
+        sid.enroll("alice", A[:3])
+        sid.enroll("bob", B[:2])
     r = cli(home, "identify", REL[3], REL[7], "--top-k", "2", "--json", server=srv.url)
     remote = json.loads(r.stdout)
     assert [row["file"] for row in remote] == [str(REL[3]), str(REL[7])]
@@ -155,9 +171,19 @@ def test_cli_with_server_env_or_flag_answers_like_the_local_cli(srv, tmp_path):
     assert not home.exists() or not list(home.rglob("*.db"))  # nothing local was created
 
 
-def test_cli_sends_the_key_from_the_environment(srv, tmp_path):
-    home = tmp_path / "home"
+def test_cli_sends_the_key_from_the_environment(tmp_path):
+    """Its own server: the key it creates closes that server for good."""
+    home = tmp_path / "cli-home"
+    srv = Server(tmp_path).start()
+    try:
+        _cli_sends_the_key(srv, home)
+    finally:
+        srv.stop()
+
+
+def _cli_sends_the_key(srv, home):
     with Client(srv.url) as sid:
+        sid.enroll("alice", A[:1])
         key = sid.create_key("scripts", "read")  # the server is no longer open
     err = cli(home, "list", server=srv.url, code=2).stderr
     assert err.strip() == ("error: this server needs an API key: send 'Authorization: Bearer KEY'")

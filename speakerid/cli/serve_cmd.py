@@ -61,13 +61,21 @@ def serve(
             "--concurrency", help="Requests in the service at once (0: 2 per core; GPU: 2 batches)."
         ),
     ] = 0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections",
+            help="Open connections per process; beyond it requests get 503 at once.",
+        ),
+    ] = 64,
     log_level: Annotated[
         str, typer.Option("--log-level", help="uvicorn log level (warning hides access logs).")
     ] = "info",
 ) -> None:
     """Serve the registry over HTTP (JSON API, web page at /, docs at /docs) until SIGTERM.
 
-    With no API keys the server runs open, on a loopback address only.
+    With no API keys the server runs open, on a loopback address only, to requests that name
+    it in their Host header; the first key closes it until it is restarted.
 
     \b
     Examples:
@@ -98,6 +106,7 @@ def serve(
         batch_max=batch_max,
         batch_wait_ms=batch_wait_ms,
         concurrency=concurrency,
+        max_connections=max_connections,
     )
     run(settings, log_level=log_level)
 
@@ -157,7 +166,7 @@ def list_keys(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         emit_json(rows)
         return
     if not rows:
-        typer.echo("no API keys (a server on a loopback address runs open)")
+        typer.echo("no API keys (a server started on a loopback address now runs open)")
     for r in rows:
         typer.echo(f"{r['name']}\t{r['scope']}\tcreated {r['created']}")
 
@@ -169,7 +178,8 @@ def revoke(
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Revoke a key (running servers refuse it from the next request on).
+    """Revoke a key (running servers refuse it from the next request on; revoking the last
+    key does not reopen a running server).
 
     \b
     Example:

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from .. import __version__
 from ..errors import NotReadyError
 from . import problems
+from .auth import AccessMiddleware, NoSniff, Openness, may_see_details
 from .batching import BatchingEmbedder
 from .limits import BodyLimitMiddleware, too_large_message
 from .metrics import Metrics, MetricsMiddleware
@@ -43,6 +44,8 @@ class ServerState:
         self.metrics = Metrics()
         self.sid: Any = None
         self.keys: Any = None
+        #: Whether requests without a key are let in; only ever closes (``auth.Openness``).
+        self.openness: Openness | None = None
         self.batcher: BatchingEmbedder | None = None
         self.started = False
         self.ready = False
@@ -55,9 +58,8 @@ class ServerState:
     def start(self) -> None:
         """Load the model, bind or check the registry, warm the network up (seconds; raises
         the library's typed errors, e.g. a model the registry is not bound to)."""
-        from ..audio import AudioClip, set_decode_limit
+        from ..audio import AudioClip
         from ..service import SpeakerID
-        from .limits import audio_limit
 
         s = self.settings
         sid = SpeakerID(db=s.db, model=s.model, device=s.device)
@@ -74,13 +76,12 @@ class ServerState:
             sid.wrap_embedder(batching)
             self.batcher = sid.embedder
             self.keys = sid.api_keys()
+            self.openness = Openness(s, self.keys)
             self.concurrency = s.concurrency or _auto_concurrency(sid.embedder.device.type, s)
         except BaseException:
             sid.close()
             raise
         self.sid = sid
-        # every decode of this process, whole or streamed, in any thread, stops at the limit
-        self._decode_limit_before = set_decode_limit(audio_limit(s.max_audio_seconds))
         self.started = self.ready = True
 
     def stop(self) -> None:
@@ -90,23 +91,23 @@ class ServerState:
             self.batcher.close(timeout=30)
         if self.sid is not None:
             self.sid.close()
-            from ..audio import set_decode_limit
 
-            set_decode_limit(self._decode_limit_before)
-
-    @property
-    def auth_mode(self) -> str:
-        if self.settings.no_auth:
-            return "disabled"
-        return "keys" if self.keys.count() else "open"
-
-    def readiness(self) -> dict[str, Any]:
+    def readiness(self, authorization: str | None) -> dict[str, Any]:
+        """Ready or not; the model, the counts, the auth mode and why it is not ready only for
+        a caller with a key (or on an open server): nothing for strangers to map."""
+        details = may_see_details(self, authorization)
         try:
             b = self.sid.registry.binding()
             speakers, _ = self.sid.registry.counts()
-            auth = self.auth_mode
+            auth = self.openness.mode
         except Exception as exc:  # any failure here means "not ready"
-            raise NotReadyError(problems.registry_problem(exc)) from None
+            why = problems.registry_problem(exc)
+            if details:
+                raise NotReadyError(why) from None
+            log.warning("not ready: %s", why)
+            raise NotReadyError("the server is not ready") from None
+        if not details:
+            return {"status": "ready"}
         return {
             "status": "ready",
             "model": b.model_name if b else None,
@@ -156,7 +157,7 @@ def create_app(settings: ServerSettings | None = None, state: ServerState | None
         yield
         await anyio.to_thread.run_sync(state.stop)
 
-    app = FastAPI(
+    app = _App(
         title="speakerid",
         version=__version__,
         summary="Speaker enrollment, identification and verification (ERes2NetV2)",
@@ -182,10 +183,19 @@ def create_app(settings: ServerSettings | None = None, state: ServerState | None
         return HTMLResponse(_page("docs.html"), headers={"Content-Security-Policy": PAGE_CSP})
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # outside the body limit: a request without a valid key is refused before any body is read
+    app.add_middleware(AccessMiddleware, state=state, routes=router.routes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     _keep_uploads_in_memory(settings.max_upload_bytes)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+class _App(FastAPI):
+    """FastAPI with :class:`~.auth.NoSniff` around everything, its 500 answers included."""
+
+    def build_middleware_stack(self):
+        return NoSniff(super().build_middleware_stack())
 
 
 def _keep_uploads_in_memory(max_bytes: int) -> None:

@@ -21,6 +21,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: Methods counted under their own name; any other (h11 accepts any token) counts as "other",
+#: so that callers cannot create label series without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -81,7 +84,7 @@ class Metrics:
 
 class MetricsMiddleware:
     """Times every HTTP request and counts it under its route template (``/v1/speakers/{name}``,
-    never the raw path: names must not become label values)."""
+    never the raw path: names must not become label values) and a known method."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app = app
@@ -107,6 +110,7 @@ class MetricsMiddleware:
             self.metrics.in_flight.dec()
             route = scope.get("route")
             path = getattr(route, "path_format", None) or "unmatched"
-            labels = (scope["method"], path, str(status))
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            labels = (method, path, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

@@ -66,11 +66,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["service"], responses={**ok(S.Ready), **errors(503)})
 async def readyz(request: Request) -> dict[str, Any]:
-    """The model is loaded and the registry answers: send traffic."""
+    """The model is loaded and the registry answers: send traffic. Callers without a key get
+    only that (the model, counts and auth mode need a key, or an open server)."""
     state = _state(request)
     if not state.ready:
         raise NotReadyError("the server is starting or stopping")
-    return await state.light(state.readiness)
+    return await state.light(state.readiness, request.headers.get("authorization"))
 
 
 @router.get("/v1/info", tags=["service"], dependencies=[READ], responses={**ok(S.Info), **errors()})

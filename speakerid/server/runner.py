@@ -4,11 +4,14 @@ SIGTERM/SIGINT stop accepting, let in-flight requests finish, then close the reg
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import sys
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
@@ -46,8 +49,23 @@ def check_auth(settings: ServerSettings, keys: int) -> str:
         )
     return (
         "warning: no API keys yet: the server is open to every program on this machine "
-        "(loopback only); speakerid keys create NAME --scope admin closes it"
+        "(loopback only; requests must name it in their Host header, and browsers may call "
+        "it only from its own page); the first key (speakerid keys create NAME --scope admin) "
+        "closes it until it is restarted"
     )
+
+
+@contextmanager
+def _shared_openness(settings: ServerSettings, keys: int):
+    """Settings whose worker processes share one openness: a flag file that exists while the
+    server is open (a worker that sees a key deletes it; see ``auth.Openness``)."""
+    if settings.workers == 1 or settings.no_auth or keys or not settings.loopback:
+        yield settings
+        return
+    with tempfile.TemporaryDirectory(prefix="speakerid-serve-") as tmp:
+        flag = Path(tmp) / "open"
+        flag.touch()
+        yield dataclasses.replace(settings, open_flag=str(flag))
 
 
 def stored_keys(db: str | None) -> int:
@@ -110,9 +128,11 @@ def run(settings: ServerSettings, log_level: str = "info") -> None:
         "timeout_graceful_shutdown": settings.graceful_seconds,
         "server_header": False,
         "lifespan": "on",
+        "limit_concurrency": settings.max_connections,
     }
     try:
-        print(check_auth(settings, stored_keys(settings.db)), file=sys.stderr, flush=True)
+        keys = stored_keys(settings.db)
+        print(check_auth(settings, keys), file=sys.stderr, flush=True)
         if settings.workers == 1:
             state = ServerState(settings)
             state.start()
@@ -120,14 +140,15 @@ def run(settings: ServerSettings, log_level: str = "info") -> None:
             with _graceful_signals():
                 _Server(config, settings).run(sockets=[sock])
             return
-        os.environ[ENV_SETTINGS] = settings.to_env()
         if not os.environ.get("SPEAKERID_THREADS"):  # one share of the cores per worker
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
             os.environ["SPEAKERID_THREADS"] = str(max(1, cores // settings.workers))
-        config = uvicorn.Config(
-            "speakerid.server.app:worker_app", factory=True, workers=settings.workers, **options
-        )
-        url = settings.url(sock.getsockname()[1])
-        _Workers(config, [sock], url).run()
+        with _shared_openness(settings, keys) as shared:
+            os.environ[ENV_SETTINGS] = shared.to_env()
+            config = uvicorn.Config(
+                "speakerid.server.app:worker_app", factory=True, workers=settings.workers, **options
+            )
+            url = settings.url(sock.getsockname()[1])
+            _Workers(config, [sock], url).run()
     finally:
         sock.close()

@@ -191,7 +191,9 @@ class Health(_Open):
 
 
 class Ready(_Open):
+    """``status`` for everyone; the rest only for a caller with a key (or an open server)."""
+
     status: str
-    model: str | None
-    speakers: int
-    auth: str = Field(..., description="keys | open (loopback, no keys yet) | disabled")
+    model: str | None = None
+    speakers: int | None = None
+    auth: str | None = Field(None, description="keys | open (loopback, no keys yet) | disabled")

@@ -28,7 +28,7 @@ class ServerSettings:
     no_auth: bool = False
     #: Largest request body (all uploads of one request together), MiB.
     max_upload_mb: float = 25.0
-    #: Longest audio accepted per file, seconds (from the header, else counted while decoding).
+    #: Longest audio accepted per file, seconds (checked from the header, then after decoding).
     max_audio_seconds: float = 300.0
     #: Most audio files in one request.
     max_files: int = 32
@@ -41,6 +41,13 @@ class ServerSettings:
     concurrency: int = 0
     #: Seconds that in-flight requests get to finish on SIGTERM/SIGINT.
     graceful_seconds: float = 60.0
+    #: Open connections per process (uvicorn's ``limit_concurrency``): beyond it new requests
+    #: get 503 at once. Each admitted upload is held in memory up to ``max_upload_mb``, so this
+    #: bounds what callers with a key can make a process hold.
+    max_connections: int = 64
+    #: Internal (``--workers N``): a file that exists while the server is still open, shared by
+    #: the worker processes (see ``auth.Openness``).
+    open_flag: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0 or self.max_audio_seconds <= 0 or self.max_files < 1:
@@ -49,6 +56,8 @@ class ServerSettings:
             raise InvalidInputError("--workers and the batch size must be at least 1")
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be 0-65535, got {self.port}")
+        if self.max_connections < 2:
+            raise InvalidInputError("--max-connections must be at least 2")
         if self.batch_wait_ms < 0:
             raise InvalidInputError("the batch wait must not be negative")
 
