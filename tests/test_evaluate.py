@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speakerid.cli import app
-from speakerid.evaluation import read_trials, speaker_folders
+from speakerid.evaluation import read_trials, speaker_folders, verification_metrics
 from speakerid.trials import folder_trials
 
 from .conftest import DATASETS, TEST_MODEL, needs_dev_set
@@ -99,11 +99,10 @@ def _every_pair(vectors: dict) -> tuple[np.ndarray, np.ndarray]:
 def _brute_force(target: np.ndarray, nontarget: np.ndarray) -> dict:
     """EER, minDCF and FAR operating points by counting trials at every candidate threshold
     (accept when score >= t), independently of speakerid.metrics."""
+    target, nontarget = np.asarray(target), np.asarray(nontarget)
     rows = []  # (threshold, miss rate, false-alarm rate), thresholds ascending
     for t in [*sorted(set(target) | set(nontarget)), math.inf]:
-        miss = sum(s < t for s in target) / len(target)
-        fa = sum(s >= t for s in nontarget) / len(nontarget)
-        rows.append((t, miss, fa))
+        rows.append((t, np.sum(target < t) / len(target), np.sum(nontarget >= t) / len(nontarget)))
     # EER where the curves cross: the first threshold with miss >= fa or the one before it,
     # whichever has the closer rates; the EER is the mean of those two rates.
     cross = next(i for i, (_, miss, fa) in enumerate(rows) if miss >= fa)
@@ -113,8 +112,28 @@ def _brute_force(target: np.ndarray, nontarget: np.ndarray) -> dict:
         out[key] = min(p * miss + (1 - p) * fa for _, miss, fa in rows) / min(p, 1 - p)
     for key, far in (("1pct", 0.01), ("01pct", 0.001)):
         t, miss, _ = next(r for r in rows if r[2] <= far)  # the lowest threshold within budget
+        if t == math.inf:  # only "reject all" is within budget: just above every non-target
+            t = max(nontarget) + 1e-6
         out[f"threshold_far_{key}"], out[f"frr_at_far_{key}"] = t, miss
     return out
+
+
+def test_metrics_equal_brute_force_counts_on_random_score_sets():
+    """speakerid's metrics against the counting above on 300 random small score sets, with
+    ties (scores on a 0.05 grid), overlaps of every degree, inverted sets, and non-target
+    counts where a false-alarm rate can equal 1% or 0.1% exactly."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        shift = rng.uniform(-1.0, 2.0)
+        n_non = int(rng.choice([rng.integers(1, 60), 100, 700, 1000]))
+        target = np.round(rng.normal(shift, 1.0, rng.integers(1, 25)) / 0.05) * 0.05
+        nontarget = np.round(rng.normal(0.0, 1.0, n_non) / 0.05) * 0.05
+        want = _brute_force(target, nontarget)
+        got = verification_metrics(target, nontarget)
+        assert {k: got[k] for k in want} == pytest.approx(want, rel=0, abs=1e-12), (
+            target.tolist(),
+            nontarget.tolist(),
+        )
 
 
 def test_folder_trials_are_every_pair(folder):
