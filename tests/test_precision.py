@@ -19,7 +19,7 @@ from speakerid.audio import load_audio
 from speakerid.embedder import Embedder
 from speakerid.runtime import check_cpu_bf16, route_backend, tf32
 
-from .conftest import HARDWARE, ROOT, speechlike, wav_bytes
+from .conftest import HARDWARE, ROOT, needs_asset, speechlike, wav_bytes
 
 
 def _cpu_bf16_problem() -> str | None:
@@ -125,12 +125,14 @@ def _cli(args, env_extra, tmp_path):
     )
 
 
-def test_cli_precision_and_compile_as_users_configure_them(tiny_ckpt, tmp_path):
-    (tmp_path / "a.wav").write_bytes(wav_bytes(speechlike(1.5)))
-    # bf16 really ran (a silent fp32 fallback would pass a shape/norm check): on the real-voice
-    # asset and real speech, fp32 implementations agree to 1.7e-6 per component (PyTorch vs
-    # ONNX Runtime, measured) while bf16 (8 mantissa bits) moves components by ~4e-3 and keeps
-    # cosine 0.9998 to fp32: demand a difference 60x above fp32 noise and cosine >= 0.999.
+@needs_cpu_bf16
+@needs_asset
+def test_cli_bf16_as_users_configure_it_really_runs_bf16(tmp_path):
+    """bf16 really ran (a silent fp32 fallback would pass a shape/norm check): on the real-voice
+    asset and real speech, fp32 implementations agree to 1.7e-6 per component (PyTorch vs
+    ONNX Runtime, measured) while bf16 (8 mantissa bits) moves components by ~4e-3 and keeps
+    cosine 0.9998 to fp32: demand a difference 60x above fp32 noise and cosine >= 0.999. Where
+    the CPU cannot run bf16, tests/test_cpu_features.py checks the refusal instead."""
     from .conftest import TEST_MODEL, real_speech
 
     (tmp_path / "voice.wav").write_bytes(wav_bytes(real_speech(0)))
@@ -144,6 +146,10 @@ def test_cli_precision_and_compile_as_users_configure_them(tiny_ckpt, tmp_path):
     fp32 = Embedder(TEST_MODEL, backend="torch").embed(load_audio(tmp_path / "voice.wav")).vector
     assert vec.shape == (192,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
     assert np.abs(vec - fp32).max() > 1e-4 and float(vec @ fp32) >= 0.999
+
+
+def test_cli_compile_and_precisions_as_users_configure_them(tiny_ckpt, tmp_path):
+    (tmp_path / "a.wav").write_bytes(wav_bytes(speechlike(1.5)))
     out = _cli(["embed", "a.wav", "--compile"], {"SPEAKERID_MODEL": str(tiny_ckpt)}, tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: --compile needs a CUDA device (--device cuda)"
