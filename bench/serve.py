@@ -10,6 +10,15 @@ per-request latency p50/p99 (ms).
 
     python bench/serve.py                       # bundled demo model (offline, small)
     python bench/serve.py --model ../shared/models/eres2netv2-m32-so762.pt --requests 24
+
+``--compute-path`` compares instead the server at 16 clients with 3.0 s probes and with 6 s
+probes (two clips of one speaker: >= 4 s of speech, so the multi-speaker guard's window pass
+runs), on both backends: requests/s, latency, and the server process's threads (the most seen
+at once, and how many used >= 50 ms of CPU). With ``--baseline-src DIR`` (a source tree of an
+earlier commit, e.g. ``git archive COMMIT | tar -x -C DIR``) each row is run on that code too,
+side by side ("before" / "after"):
+
+    python bench/serve.py --compute-path --threads 2 --baseline-src /tmp/before
 """
 
 from __future__ import annotations
@@ -60,6 +69,110 @@ def three_second_clips(out: Path) -> list[Path]:
         sf.write(p, x, 16000, subtype="PCM_16")
         paths.append(p)
     return paths
+
+
+def six_second_clips(out: Path) -> list[Path]:
+    """Two repository clips of one speaker back to back (>= 4 s of speech: the guard's window
+    pass runs), as 16-bit WAV: one probe per pair of consecutive clips."""
+    from speakerid.audio import load_audio
+
+    paths = []
+    for spk in sorted(p for p in CLIPS.iterdir() if p.is_dir()):
+        files = sorted(spk.glob("*.opus"))
+        for a, b in zip(files, files[1:]):
+            x = np.concatenate([load_audio(a).samples[:48000], load_audio(b).samples[:48000]])
+            p = out / f"{spk.name}-{a.stem}-{b.stem}.wav"
+            sf.write(p, x, 16000, subtype="PCM_16")
+            paths.append(p)
+    return paths
+
+
+class ThreadWatch:
+    """The most threads a process had at once while a run lasted (sampled from /proc, Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.task = Path(f"/proc/{pid}/task")
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, len(os.listdir(self.task)))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def start_server(db: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "speakerid", "serve", "--db", str(db), "--port", "0"]
+        + ["--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = server.stdout.readline()
+    if not line.startswith("listening on "):
+        server.kill()
+        raise SystemExit(f"the server did not start: {line!r}")
+    return server, line.split()[-1]
+
+
+def compute_path(args, db: Path, env: dict, tmp: Path) -> int:
+    """16 clients, 3.0 s then 6 s probes on one server, both backends, this tree (and
+    ``--baseline-src``), ``--rounds`` times: the best round's requests/s and latency, and the
+    server's most threads at once (lowest-highest over the rounds; "+N": more than the same
+    server had with the 3.0 s probes just before, in the same round)."""
+    probes = {"3.0 s": three_second_clips(tmp), "6 s": six_second_clips(tmp)}
+    trees = [("after", ROOT)]
+    if args.baseline_src:
+        trees.insert(0, ("before", Path(args.baseline_src).resolve()))
+    best: dict[str, dict] = {}
+    peaks: dict[str, list[int]] = {}
+    for _ in range(args.rounds):  # rounds outermost: the machine's load hits every row alike
+        for backend in ("onnx", "torch"):
+            for label, src in trees:
+                run_env = dict(env, SPEAKERID_BACKEND=backend)
+                run_env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+                server, url = start_server(db, run_env)
+                try:
+                    with httpx.Client(base_url=url) as c:  # load both paths once
+                        for files in probes.values():
+                            c.post(
+                                "/v1/identify",
+                                files=[("files", (files[0].name, files[0].read_bytes()))],
+                            )
+                    for kind, files in probes.items():
+                        watch = ThreadWatch(server.pid)
+                        r = server_clients(url, files, 16, max(1, args.requests // 16))
+                        peak = watch.stop()
+                        name = f"{backend}, {kind} probes, {label}"
+                        peaks.setdefault(name, []).append(peak)
+                        if name not in best or r["rps"] > best[name]["rps"]:
+                            best[name] = r
+                finally:
+                    server.terminate()
+                    server.wait(60)
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"identify at 16 concurrent clients, model {args.model}, {cores} cores, {args.threads} "
+        f"compute thread(s), best of {args.rounds} round(s); threads: the server process's "
+        f"most at once (lowest-highest of the rounds)"
+    )
+    print(f"{'':<34} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'threads':>9} {'vs 3 s':>7}")
+    for name, r in best.items():
+        grow = ""
+        if "6 s" in name:  # against the same server's 3.0 s run, round by round
+            more = [a - b for a, b in zip(peaks[name], peaks[name.replace("6 s", "3.0 s")])]
+            grow = f"{min(more):+d}..{max(more):+d}"
+        span = f"{min(peaks[name])}-{max(peaks[name])}"
+        print(f"{name:<34} {r['rps']:>8.2f} {r['p50']:>9.0f} {r['p99']:>9.0f} {span:>9} {grow:>7}")
+    return 0
 
 
 def in_process(db: Path, probes: list[Path], n: int) -> dict:
@@ -142,6 +255,13 @@ def main() -> int:
         default=1,
         help="compute threads of every contender (OMP_NUM_THREADS, SPEAKERID_THREADS)",
     )
+    ap.add_argument(
+        "--compute-path",
+        action="store_true",
+        help="16 clients: 3.0 s vs 6 s probes (guard window pass), both backends, threads",
+    )
+    ap.add_argument("--baseline-src", help="with --compute-path: an earlier source tree too")
+    ap.add_argument("--rounds", type=int, default=1, help="with --compute-path: best of N")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +277,8 @@ def main() -> int:
         with SpeakerID(db=db, model=args.model) as sid:
             for spk in ENROLL:
                 sid.enroll(spk, sorted((CLIPS / spk).glob("*.opus"))[:2])
+        if args.compute_path:
+            return compute_path(args, db, env, tmp)
         sid_cmd = [sys.executable, "-m", "speakerid"]
         first = in_process_fresh(db, probes, args.requests, env)
         rows = [first]

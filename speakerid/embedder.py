@@ -258,6 +258,11 @@ class Embedder:
             return tf32(self.precision == "tf32")
         return contextlib.nullcontext()
 
+    def numerics(self) -> contextlib.AbstractContextManager:
+        """The precision around any other pass over this embedder's PyTorch modules (the
+        window embeddings, ``tracking.windows``): the same as around its own forward."""
+        return self._numerics()
+
     def embed_features(
         self,
         feats: Sequence[Features],

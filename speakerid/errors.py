@@ -152,6 +152,11 @@ class NotReadyError(ServerError):
     """The server is starting or stopping, or cannot reach its registry (retry later)."""
 
 
+class EmbedderUnavailableError(NotReadyError):
+    """The server's embedding worker has stopped, or did not answer within its deadline
+    (``ServerSettings.embed_timeout``): the request is answered 503 instead of waiting."""
+
+
 class AuthenticationError(ServerError):
     """No API key, or one the server does not know (revoked or mistyped)."""
 

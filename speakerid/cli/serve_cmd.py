@@ -55,6 +55,10 @@ def serve(
     batch_wait_ms: Annotated[
         float, typer.Option("--batch-wait-ms", help="Wait for more requests before a batch.")
     ] = 2.0,
+    embed_timeout: Annotated[
+        float,
+        typer.Option("--embed-timeout", help="Seconds a request waits for embeddings; then 503."),
+    ] = 120.0,
     concurrency: Annotated[
         int,
         typer.Option(
@@ -105,6 +109,7 @@ def serve(
         max_files=max_files,
         batch_max=batch_max,
         batch_wait_ms=batch_wait_ms,
+        embed_timeout=embed_timeout,
         concurrency=concurrency,
         max_connections=max_connections,
     )

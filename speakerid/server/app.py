@@ -50,8 +50,9 @@ class ServerState:
         self.started = False
         self.ready = False
         self.limiter: anyio.CapacityLimiter | None = None
-        #: ``/v1/track`` runs its window embeddings in the request's thread, not on the
-        #: batching worker: one at a time, so that long recordings do not fight over the cores.
+        #: ``/v1/track``: one at a time per process. Its window passes run on the batching
+        #: worker, block by block between other requests' batches; two long recordings at once
+        #: would only take turns there, each holding a concurrency slot meanwhile.
         self.track_lock: anyio.Lock | None = None
         self.concurrency = settings.concurrency or 1
 
@@ -70,7 +71,12 @@ class ServerState:
 
             def batching(embedder):
                 return BatchingEmbedder(
-                    embedder, self.metrics, s.batch_max, s.batch_wait_ms / 1000, s.max_audio_seconds
+                    embedder,
+                    self.metrics,
+                    s.batch_max,
+                    s.batch_wait_ms / 1000,
+                    s.max_audio_seconds,
+                    s.embed_timeout,
                 )
 
             sid.wrap_embedder(batching)
@@ -96,6 +102,11 @@ class ServerState:
         """Ready or not; the model, the counts, the auth mode and why it is not ready only for
         a caller with a key (or on an open server): nothing for strangers to map."""
         details = may_see_details(self, authorization)
+        if self.batcher is not None and not self.batcher.alive:  # every embedding would 503
+            log.warning("not ready: the embedding worker has stopped")
+            raise NotReadyError(
+                "the embedding worker has stopped" if details else "the server is not ready"
+            )
         try:
             b = self.sid.registry.binding()
             speakers, _ = self.sid.registry.counts()

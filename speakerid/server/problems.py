@@ -28,6 +28,7 @@ STATUS: tuple[tuple[type[E.SpeakerIDError], int], ...] = (
     (E.LimitExceededError, 413),
     (E.PermissionDeniedError, 403),
     (E.AuthenticationError, 401),
+    (E.EmbedderUnavailableError, 503),
     (E.NotReadyError, 503),
     (E.SpeakerNotFoundError, 404),
     (E.KeyNotFoundError, 404),

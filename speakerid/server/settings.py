@@ -36,6 +36,10 @@ class ServerSettings:
     batch_max: int = 32
     #: How long the embedding worker waits for more requests before it starts a batch, ms.
     batch_wait_ms: float = 2.0
+    #: Most seconds a request waits for the embedding worker (its turn, then its compute);
+    #: past it, or at once when the worker has stopped, the request is answered 503 and its
+    #: concurrency slot is free again. Generous: a 300 s file on 2 CPU cores takes seconds.
+    embed_timeout: float = 120.0
     #: Requests inside the service at once (decoding, registry work, waiting for embeddings);
     #: 0: automatic (see ``ServerState.start``). Others wait, without a thread, for their turn.
     concurrency: int = 0
@@ -60,6 +64,8 @@ class ServerSettings:
             raise InvalidInputError("--max-connections must be at least 2")
         if self.batch_wait_ms < 0:
             raise InvalidInputError("the batch wait must not be negative")
+        if not self.embed_timeout > 0:
+            raise InvalidInputError("the embedding timeout must be positive")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, AudioClip
 from .segments import to_segments
-from .windows import FrameEmbedder, layout
+from .windows import window_embedder
 
 MIN_SPEECH = 4.0
 MIN_SHARE = 0.2
@@ -138,39 +138,9 @@ def embed_checked(
     for i, clip in enumerate(clips):
         if seconds[i] < MIN_SPEECH:
             continue
-        fe = fe or FrameEmbedder(embedder)
-        embs[i], x, w = _embed_with_windows(fe, clip, speech[i])
+        fe = fe or window_embedder(embedder)  # the server's: on its embedding worker
+        embs[i], x, w = fe.embed_clip(clip, speech[i], WINDOW_SECONDS, HOP_SECONDS)
         checks[i] = check_clip(embedder, clip, x, w, speech[i], threshold)
         if on_progress:
             on_progress(1)
     return embs, checks
-
-
-def _embed_with_windows(fe: FrameEmbedder, clip: AudioClip, speech: list):
-    """The clip's embedding (the embedder's rule: pieces of at most 60 s, averaged) and its
-    window embeddings from the same trunk frames -> (Embedding, vectors, window spans)."""
-    from ..embedder import Embedding, normalize, segments
-
-    vecs, xs, ws = [], [], []
-    offset = 0
-    for piece in segments(clip.samples):
-        frames, vec = fe.whole(piece)
-        vecs.append(vec)
-        end = offset + len(piece)
-        local = [
-            (max(a, offset) - offset, min(b, end) - offset)
-            for a, b in speech
-            if a < end and b > offset
-        ]
-        spans = layout(local, WINDOW_SECONDS, HOP_SECONDS)
-        if spans:
-            t = frames.shape[1]
-            stats = fe.pooled(frames, [fe.frame_span(a, b, t) for a, b in spans])
-            xs.append(fe.project(stats))
-            ws.append(np.asarray(spans) + offset)
-        offset = end
-    vec = vecs[0] if len(vecs) == 1 else normalize(np.mean(vecs, axis=0))
-    emb = Embedding(vec, fe.embedder.name, clip.source, clip.duration, clip.sha256)
-    x = np.concatenate(xs) if xs else np.zeros((0, fe.dim), np.float32)
-    w = np.concatenate(ws) if ws else np.zeros((0, 2), np.int64)
-    return emb, x, w

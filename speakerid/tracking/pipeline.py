@@ -19,7 +19,7 @@ from ..errors import InvalidInputError
 from ..results import TrackResult, TrackSegment, TrackSpeaker
 from . import cluster, naming, voices
 from .segments import to_segments
-from .windows import FRAME_STEP, Analysis, FrameEmbedder, analyse
+from .windows import FRAME_STEP, Analysis, analyse, window_embedder
 
 log = logging.getLogger("speakerid")
 
@@ -115,7 +115,7 @@ def track(
     ``identify_embeddings``); without it every voice is unknown (plain diarization).
     ``on_progress(seconds)``: audio seconds done, twice the duration in all."""
     num, max_k = check_counts(num_speakers, max_speakers)
-    an = analyse(source, FrameEmbedder(embedder, FRAME_STEP), on_progress=on_progress)
+    an = analyse(source, window_embedder(embedder, FRAME_STEP), on_progress=on_progress)
     log.info(
         "%s: %.1f s, %.1f s of speech, %d windows",
         an.source,

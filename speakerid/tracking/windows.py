@@ -21,6 +21,12 @@ by turn, and per-window means separated voices worst of all: docs/tracking.md). 
 embeddings are for comparing windows of one recording with each other; they are not comparable
 with registry voiceprints, which are embeddings of whole recordings normalized by their own
 mean, so voices are named from a standard embedding of their speech (``naming.py``).
+
+Who computes: :func:`window_embedder` gives the embedder's own window embedder where it has one
+(the server's ``BatchingEmbedder`` runs every window pass on its embedding worker, with the same
+limits and numerics as any other embedding), else a :class:`FrameEmbedder` that computes in the
+caller's thread (CLI, Python API). Both offer ``dim``, ``raw_fbank``, ``embed_block`` and
+``embed_clip``.
 """
 
 from __future__ import annotations
@@ -99,10 +105,19 @@ def blocks(segments: list[Span], block: float = BLOCK_SECONDS) -> list[list[Span
     return out
 
 
+def window_embedder(embedder, step: int = 1):
+    """What computes window embeddings for ``embedder``: its own window embedder where it has
+    one (``BatchingEmbedder.window_embedder``: on the server's worker thread), else a
+    :class:`FrameEmbedder` running in this thread."""
+    own = getattr(embedder, "window_embedder", None)
+    return own(step) if own is not None else FrameEmbedder(embedder, step)
+
+
 class FrameEmbedder:
     """Window embeddings from one trunk pass per block, with an ``Embedder``'s model on the
     embedder's backend: ONNX Runtime (the trunk exported beside the model's export, the
-    embedding layer in numpy, no torch) or PyTorch."""
+    embedding layer in numpy, no torch) or PyTorch, under the embedder's numerics (precision,
+    TF32 on CUDA) as its own forward."""
 
     def __init__(self, embedder, step: int = 1) -> None:
         self.embedder = embedder
@@ -114,6 +129,7 @@ class FrameEmbedder:
         if self.network is None:  # the PyTorch backend (or no trunk export possible)
             self.model = embedder.model
             self.device = next(self.model.parameters()).device
+            self.numerics = embedder.numerics
 
     def raw_fbank(self, samples: np.ndarray) -> np.ndarray:
         """float32 ``[T, 80]`` Kaldi fbank without the mean subtraction, by the front end of
@@ -136,7 +152,7 @@ class FrameEmbedder:
         import torch.nn.functional as F
 
         m = self.model
-        with torch.inference_mode():
+        with torch.inference_mode(), self.numerics():
             feats = raw_fbank(samples)
             ref = feats.mean(dim=0, keepdim=True) if mean is None else torch.as_tensor(mean)
             feats = feats[:: self.step] - ref.to(feats.dtype)
@@ -157,7 +173,7 @@ class FrameEmbedder:
         import torch.nn.functional as F
 
         m = self.model
-        with torch.inference_mode():
+        with torch.inference_mode(), self.numerics():
             emb = m.seg_1(torch.from_numpy(stats.astype(np.float32)).to(self.device))
             if m.config.two_emb_layer:
                 emb = m.seg_2(m.seg_bn_1(F.relu(emb)))
@@ -193,7 +209,12 @@ class FrameEmbedder:
         self, samples: np.ndarray, spans: list[Span], mean: np.ndarray | None = None
     ) -> np.ndarray:
         """Unit embeddings of ``spans`` (sample ranges of ``samples``) from one trunk pass."""
-        frames = self.frames(samples, mean)
+        return self.embed_windows(self.frames(samples, mean), spans)
+
+    def embed_windows(self, frames: np.ndarray, spans: list[Span]) -> np.ndarray:
+        """Unit embeddings ``[n, dim]`` of sample ranges ``spans``, from trunk frames."""
+        if not spans:
+            return np.zeros((0, self.dim), np.float32)
         total = frames.shape[1]
         return self.project(self.pooled(frames, [self.frame_span(a, b, total) for a, b in spans]))
 
@@ -202,6 +223,36 @@ class FrameEmbedder:
         ``Embedder``'s embedding of a clip up to 60 s)."""
         frames = self.frames(samples)
         return frames, self.project(self.pooled(frames, [(0, frames.shape[1])]))[0]
+
+    def embed_clip(
+        self, clip, speech: list[Span], window: float = WINDOW_SECONDS, hop: float = HOP_SECONDS
+    ):
+        """A decoded clip's embedding (the embedder's rule: pieces of at most 60 s, averaged)
+        and the embeddings of windows laid inside its ``speech``, from the same trunk frames
+        -> (Embedding, vectors ``[n, dim]``, window spans ``[n, 2]`` in samples)."""
+        from ..embedder import Embedding, normalize, segments
+
+        vecs, xs, ws = [], [], []
+        offset = 0
+        for piece in segments(clip.samples):
+            frames, vec = self.whole(piece)
+            vecs.append(vec)
+            end = offset + len(piece)
+            local = [
+                (max(a, offset) - offset, min(b, end) - offset)
+                for a, b in speech
+                if a < end and b > offset
+            ]
+            spans = layout(local, window, hop)
+            if spans:
+                xs.append(self.embed_windows(frames, spans))
+                ws.append(np.asarray(spans) + offset)
+            offset = end
+        vec = vecs[0] if len(vecs) == 1 else normalize(np.mean(vecs, axis=0))
+        emb = Embedding(vec, self.embedder.name, clip.source, clip.duration, clip.sha256)
+        x = np.concatenate(xs) if xs else np.zeros((0, self.dim), np.float32)
+        w = np.concatenate(ws) if ws else np.zeros((0, 2), np.int64)
+        return emb, x, w
 
 
 def raw_fbank(samples: np.ndarray):
@@ -295,12 +346,13 @@ def _speech_runs(source: AudioSource, runs: list[list[Span]]) -> Iterator[np.nda
 
 def analyse(
     source: AudioSource,
-    frame_embedder: FrameEmbedder,
+    frame_embedder,
     window: float = WINDOW_SECONDS,
     hop: float = HOP_SECONDS,
     on_progress: Progress | None = None,
 ) -> Analysis:
-    """Speech, windows and window embeddings of one recording (two streamed passes).
+    """Speech, windows and window embeddings of one recording (two streamed passes);
+    ``frame_embedder``: a :class:`FrameEmbedder` or another :func:`window_embedder`.
 
     ``on_progress(seconds)`` counts the file's duration twice: once for speech detection,
     once for embedding (only speech is embedded)."""
