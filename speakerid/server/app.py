@@ -59,8 +59,9 @@ class ServerState:
     def start(self) -> None:
         """Load the model, bind or check the registry, warm the network up (seconds; raises
         the library's typed errors, e.g. a model the registry is not bound to)."""
-        from ..audio import AudioClip
+        from ..audio import AudioClip, set_decode_limit
         from ..service import SpeakerID
+        from .limits import audio_limit
 
         s = self.settings
         sid = SpeakerID(db=s.db, model=s.model, device=s.device)
@@ -88,6 +89,8 @@ class ServerState:
             sid.close()
             raise
         self.sid = sid
+        # every decode of this process, whole or streamed, in any thread, stops at the limit
+        self._decode_limit_before = set_decode_limit(audio_limit(s.max_audio_seconds))
         self.started = self.ready = True
 
     def stop(self) -> None:
@@ -97,6 +100,9 @@ class ServerState:
             self.batcher.close(timeout=30)
         if self.sid is not None:
             self.sid.close()
+            from ..audio import set_decode_limit
+
+            set_decode_limit(self._decode_limit_before)
 
     def readiness(self, authorization: str | None) -> dict[str, Any]:
         """Ready or not; the model, the counts, the auth mode and why it is not ready only for

@@ -28,7 +28,7 @@ class ServerSettings:
     no_auth: bool = False
     #: Largest request body (all uploads of one request together), MiB.
     max_upload_mb: float = 25.0
-    #: Longest audio accepted per file, seconds (checked from the header, then after decoding).
+    #: Longest audio accepted per file, seconds (from the header, else counted while decoding).
     max_audio_seconds: float = 300.0
     #: Most audio files in one request.
     max_files: int = 32
