@@ -120,6 +120,8 @@ def test_record_enroll_from_the_microphone_then_identify_shows_that_name(site, p
     page.get_by_test_id("enroll-run").click()
     result = page.get_by_test_id("enroll-result")
     expect(result).to_contain_text("enrolled Mic Person: 1 new")
+    # the header counts the new speaker without a reload (alice, bob and Mic Person)
+    expect(page.get_by_test_id("status")).to_contain_text("3 speaker(s)")
     assert page.get_by_test_id("enroll-error").text_content() == ""
     with srv.client() as c:
         sources = [s["source"] for s in c.get("/v1/speakers/Mic Person").json()["sources"]]
@@ -134,9 +136,15 @@ def test_record_enroll_from_the_microphone_then_identify_shows_that_name(site, p
     page.get_by_test_id("speakers-refresh").click()
     row = page.locator("tr[data-speaker='Mic Person']")
     row.wait_for()
+    # at 1280 px every Remove button stays inside the Speakers card
+    page.set_viewport_size({"width": 1280, "height": 900})
+    card = page.locator("section", has=page.get_by_test_id("speakers-list")).bounding_box()
+    for box in (b.bounding_box() for b in page.get_by_test_id("speaker-remove").all()):
+        assert card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
     page.once("dialog", lambda d: d.accept())
     row.get_by_test_id("speaker-remove").click()
     row.wait_for(state="detached")
+    expect(page.get_by_test_id("status")).to_contain_text("2 speaker(s)")
     with srv.client() as c:
         assert [s["name"] for s in c.get("/v1/speakers").json()] == ["alice", "bob"]
 
