@@ -69,7 +69,7 @@ def splits(root: Path, seed: int = 13) -> dict[str, Split]:
 
 
 def _speech(x: np.ndarray) -> list[tuple[int, int]]:
-    from speakerid.vad import speech_segments
+    from speakerid.audio.vad import speech_segments
 
     return speech_segments(x)
 

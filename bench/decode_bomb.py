@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 #: The last commit whose ``load_audio`` decoded a file whole, without a limit.
 BASELINE_REV = "792a5ef"
 
-FLOOR = "import speakerid.audio, speakerid.tracking.stream, av, soundfile"
+FLOOR = "import speakerid.audio.decode, speakerid.audio.stream, av, soundfile"
 
 BASELINE = """
 import importlib.util, subprocess, sys, speakerid
@@ -44,19 +44,21 @@ spec = importlib.util.spec_from_loader("speakerid._audio_baseline", loader=None)
 old = importlib.util.module_from_spec(spec)
 old.__package__ = "speakerid"
 sys.modules[spec.name] = old
+import speakerid.audio.resample  # the old module's sibling before the layout move
+sys.modules.setdefault("speakerid.resample", speakerid.audio.resample)
 exec(compile(src, "baseline audio.py", "exec"), old.__dict__)
 clip = old.load_audio(PATH)
 print(f"decoded {clip.duration:.0f} s")
 """
 
 NOW = """
-from speakerid import audio
+from speakerid.audio import decode as audio
 from speakerid.server.limits import audio_limit
 if LIMIT:
     audio.set_decode_limit(audio_limit(LIMIT))
 try:
     if STREAM:
-        from speakerid.tracking.stream import stream_audio
+        from speakerid.audio.stream import stream_audio
         for _ in stream_audio(PATH):
             pass
     else:

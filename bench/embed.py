@@ -84,7 +84,7 @@ def reference_loop(model, files: list[bytes], device) -> np.ndarray:
 def worker(args) -> None:
     import torch
 
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     (kind,) = args.data  # the parent passes one data set per worker
     files = dataset(kind, args.files)
@@ -93,7 +93,7 @@ def worker(args) -> None:
     precision = args.path if args.path in ("int8", "bf16") else None
     emb = Embedder(args.model_path, device=args.device, backend=backend, precision=precision)
     if args.path == "reference":
-        from speakerid.weights import load_model
+        from speakerid.embedding.weights import load_model
 
         plain = load_model(Path(args.model_path)).to(emb.device)  # official layout, contiguous
         run = lambda: reference_loop(plain, files, emb.device)  # noqa: E731
@@ -145,7 +145,7 @@ def main() -> None:
 def run_all(args, tmp: Path) -> None:
     import torch
 
-    from speakerid.models.eres2netv2 import ERes2NetV2
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2
 
     models = {}
     if "common" in args.models:

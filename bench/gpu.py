@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 def decode(folder: Path, limit: int | None):
     import soundfile as sf
 
-    from speakerid.audio import AudioClip
+    from speakerid.audio.decode import AudioClip
 
     with open(folder / "manifest.csv") as f:
         rows = list(csv.DictReader(f))[:limit]
@@ -253,8 +253,8 @@ def main() -> None:
 
     import torch
 
-    from speakerid.embedder import Embedder
-    from speakerid.models.eres2netv2 import ERes2NetV2
+    from speakerid.embedding.embedder import Embedder
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2
 
     start = time.perf_counter()
     rep = Report(args.out)
@@ -278,7 +278,7 @@ def main() -> None:
     common = tmp / "eres2netv2-common-random.pt"
     torch.save(ERes2NetV2().state_dict(), common)
 
-    from speakerid.weights import load_model
+    from speakerid.embedding.weights import load_model
 
     # -- the reference loop, on the GPU and (exact float32) on the CPU -------------------------
     nref = min(args.reference_files, len(pcms))
@@ -409,8 +409,8 @@ def accuracy(args, rep: Report, clips, labels, pcms) -> None:
     """EER over all pairs of the data set with the trained asset, per precision."""
     import torch
 
-    from speakerid.embedder import Embedder
-    from speakerid.weights import load_model
+    from speakerid.embedding.embedder import Embedder
+    from speakerid.embedding.weights import load_model
 
     cpu = (
         official_loop(load_model(args.asset), pcms, torch.device("cpu"))

@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speakerid.audio import AudioClip, load_audio  # noqa: E402
-from speakerid.embedder import Embedder  # noqa: E402
+from speakerid.audio.decode import AudioClip, load_audio  # noqa: E402
+from speakerid.embedding.embedder import Embedder  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEV = SHARED / "datasets" / "speechocean762-dev"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from speakerid.errors import SpeakerNotFoundError  # noqa: E402
 from speakerid.registry import store  # noqa: E402
-from speakerid.service import SpeakerID  # noqa: E402
+from speakerid.service.facade import SpeakerID  # noqa: E402
 
 
 def timed(fn, runs: int) -> float:

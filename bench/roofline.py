@@ -153,8 +153,8 @@ def whole_network(net, onnx_path: Path, files: int, rounds: int) -> dict:
     import soundfile as sf
     import torch
 
-    from speakerid.features import fbank_numpy
-    from speakerid.models.eres2netv2 import fold_batchnorm
+    from speakerid.embedding.features import fbank_numpy
+    from speakerid.embedding.models.eres2netv2 import fold_batchnorm
 
     dev = ROOT.parent / "shared" / "datasets" / "speechocean762-dev"
     with open(dev / "manifest.csv") as f:
@@ -213,9 +213,9 @@ def bf16_stages(files: int) -> dict[str, float]:
     import soundfile as sf
     import torch
 
-    from speakerid.features import fbank_numpy
-    from speakerid.models.eres2netv2 import fold_batchnorm
-    from speakerid.weights import load_model
+    from speakerid.embedding.features import fbank_numpy
+    from speakerid.embedding.models.eres2netv2 import fold_batchnorm
+    from speakerid.embedding.weights import load_model
 
     asset = ROOT.parent / "shared" / "models" / "eres2netv2-m32-so762.pt"
     dev = ROOT.parent / "shared" / "datasets" / "speechocean762-dev"
@@ -263,8 +263,8 @@ def main() -> None:
 
     import torch
 
-    from speakerid.models.eres2netv2 import ERes2NetV2, fold_batchnorm
-    from speakerid.onnx_backend import export_onnx
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2, fold_batchnorm
+    from speakerid.embedding.onnx_backend import export_onnx
 
     torch.manual_seed(0)
     net = ERes2NetV2().eval()

@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speakerid.service import SpeakerID  # noqa: E402
+from speakerid.service.facade import SpeakerID  # noqa: E402
 
 DIM = 192
 
@@ -53,7 +53,7 @@ def make_model(tmp: Path) -> Path:
     """A small random ERes2NetV2 checkpoint to bind the registry to (weights are irrelevant)."""
     import torch
 
-    from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
 
     torch.manual_seed(0)
     path = tmp / "bench-model.pt"
@@ -149,7 +149,7 @@ def run_size(
 
 WRITER = """
 import sys, time, numpy as np
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 db, tag, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 rng = np.random.default_rng(abs(hash(tag)) % 2**32)
 n = 0

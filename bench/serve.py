@@ -58,7 +58,7 @@ def row(name: str, seconds: float, latencies: list[float]) -> dict:
 
 def three_second_clips(out: Path) -> list[Path]:
     """Each repository clip cut to exactly 3.0 s, written as 16-bit WAV (the probes)."""
-    from speakerid.audio import load_audio
+    from speakerid.audio.decode import load_audio
 
     paths = []
     for src in sorted(CLIPS.glob("*/*.opus")):
@@ -74,7 +74,7 @@ def three_second_clips(out: Path) -> list[Path]:
 def six_second_clips(out: Path) -> list[Path]:
     """Two repository clips of one speaker back to back (>= 4 s of speech: the guard's window
     pass runs), as 16-bit WAV: one probe per pair of consecutive clips."""
-    from speakerid.audio import load_audio
+    from speakerid.audio.decode import load_audio
 
     paths = []
     for spk in sorted(p for p in CLIPS.iterdir() if p.is_dir()):
@@ -176,7 +176,7 @@ def compute_path(args, db: Path, env: dict, tmp: Path) -> int:
 
 
 def in_process(db: Path, probes: list[Path], n: int) -> dict:
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
 
     with SpeakerID(db=db) as sid:
         sid.identify(probes[0])  # load the model and warm up (as the server does)
@@ -272,7 +272,7 @@ def main() -> int:
         os.environ.update(SPEAKERID_HOME=env["SPEAKERID_HOME"], SPEAKERID_OFFLINE="1")
         db = tmp / "registry.db"
         probes = three_second_clips(tmp)
-        from speakerid.service import SpeakerID
+        from speakerid.service.facade import SpeakerID
 
         with SpeakerID(db=db, model=args.model) as sid:
             for spk in ENROLL:

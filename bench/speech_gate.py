@@ -26,10 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speakerid.audio import AudioClip, load_audio  # noqa: E402
-from speakerid.embedder import Embedder  # noqa: E402
-from speakerid.quality import HOP, MIN_SPEECH_SECONDS, energy_mask  # noqa: E402
-from speakerid.vad import speech_seconds  # noqa: E402
+from speakerid.audio.decode import AudioClip, load_audio  # noqa: E402
+from speakerid.audio.quality import HOP, MIN_SPEECH_SECONDS, energy_mask  # noqa: E402
+from speakerid.audio.vad import speech_seconds  # noqa: E402
+from speakerid.embedding.embedder import Embedder  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEV = SHARED / "datasets" / "speechocean762-dev"

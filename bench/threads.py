@@ -48,7 +48,7 @@ BUSY = "while True:\n    pass\n"
 
 def worker(args: argparse.Namespace) -> None:
     # speakerid before torch, as in real use: importing it bounds OpenMP spinning
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     with open(DEV / "manifest.csv") as f:
         rows = list(csv.DictReader(f))[: args.files]
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         emb.embed_many(files)
         times.append(time.perf_counter() - t0)
-    import torch  # loaded by speakerid.embedder
+    import torch  # loaded by speakerid.embedding.embedder
 
     out = {
         "seconds": min(times),  # the least disturbed repeat: others share this machine too

@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import conversations as conv  # noqa: E402
 
+from speakerid.audio.gates import gated_files  # noqa: E402
 from speakerid.errors import AudioQualityError  # noqa: E402
-from speakerid.gates import gated_files  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "datasets" / "speechocean762-dev"
@@ -70,7 +70,7 @@ LONG = {"speakers": 6, "seconds": 600.0, "loops": 3}
 
 
 def build_registry(db: Path, model: Path, split: conv.Split) -> None:
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
 
     if db.is_file():
         return
@@ -167,8 +167,8 @@ def analyses(items, model: Path, cache: Path):
     """Window embeddings of each conversation (cached per model file and pipeline version)."""
     import pickle
 
-    from speakerid.embedder import Embedder
-    from speakerid.tracking import windows as w
+    from speakerid.embedding import windows as w
+    from speakerid.embedding.embedder import Embedder
 
     emb = Embedder(model)
     cache.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def analyses(items, model: Path, cache: Path):
 def evaluate(items, emb, ans, db: Path, threshold: float | None = None) -> dict:
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
     from speakerid.tracking.pipeline import decide
 
     rows = {}
@@ -241,7 +241,7 @@ def evaluate(items, emb, ans, db: Path, threshold: float | None = None) -> dict:
 def figures(item: dict, emb, an, db: Path, folder: Path) -> list[Path]:
     """Reference and ``track`` timelines of one conversation (docs/img)."""
     from speakerid.results import TrackResult, TrackSegment, TrackSpeaker
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
     from speakerid.tracking.pipeline import decide
     from speakerid.tracking.plot import write_timeline
 
@@ -274,7 +274,7 @@ def random_full_model(work: Path) -> Path:
     random weights (seed 0): speed only, its embeddings mean nothing."""
     import torch
 
-    from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
 
     path = work / "eres2netv2-m64-random.pt"
     if not path.is_file():
@@ -289,8 +289,9 @@ def real_time_factor(items, asset_ans, split, work: Path) -> dict:
     on ``items``. Random weights find no real voices, so naming embeds the speech of the
     voices the asset found in the same file: as much as a trained model would name."""
 
-    from speakerid.service import SpeakerID
-    from speakerid.tracking import naming, pipeline, voices, windows
+    from speakerid.embedding import windows
+    from speakerid.service.facade import SpeakerID
+    from speakerid.tracking import naming, pipeline, voices
 
     model = random_full_model(work)
     db = work / f"{split.name}-m64-random.db"

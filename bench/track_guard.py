@@ -1,4 +1,4 @@
-"""Calibration of the multi-speaker guard (``speakerid.tracking.guard``) for enroll/identify.
+"""Calibration of the multi-speaker guard (``speakerid.service.guard``) for enroll/identify.
 
 Single-speaker recordings (must never trigger): every clip in data/clips, 120 utterances of
 speechocean762-dev, and 60 longer single-speaker recordings (3 to 6 utterances of one dev
@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speakerid.audio import AudioClip, load_audio  # noqa: E402
-from speakerid.embedder import Embedder  # noqa: E402
-from speakerid.tracking import guard  # noqa: E402
+from speakerid.audio.decode import AudioClip, load_audio  # noqa: E402
+from speakerid.embedding.embedder import Embedder  # noqa: E402
+from speakerid.service import guard  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEV = SHARED / "datasets" / "speechocean762-dev"

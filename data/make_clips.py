@@ -17,8 +17,8 @@ from pathlib import Path
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from speakerid.quality import MIN_SPEECH_SECONDS  # noqa: E402
-from speakerid.vad import speech_seconds  # noqa: E402
+from speakerid.audio.quality import MIN_SPEECH_SECONDS  # noqa: E402
+from speakerid.audio.vad import speech_seconds  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parent.parent / "shared" / "datasets" / "speechocean762-dev"

@@ -23,15 +23,32 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 ASSET = ROOT / "speakerid" / "assets" / "demo-eres2netv2-m16.pt"
 TRAIN_ARGS = [
-    "--m-channels", "16", "--head-init", "lda", "--freeze-bn", "--val-speakers", "20",
-    "--epochs", "2", "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-4", "--half",
+    "--m-channels",
+    "16",
+    "--head-init",
+    "lda",
+    "--freeze-bn",
+    "--val-speakers",
+    "20",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "1e-4",
+    "--half",
 ]
 
 
 def speakerid(*args: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "speakerid", *args, "--json"],
-        check=True, capture_output=True, text=True, cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     return json.loads(out.stdout)
 
@@ -43,8 +60,13 @@ def main() -> int:
     ap.add_argument("--report", type=Path, help="train --json output (with --card-only)")
     ap.add_argument("--train-seconds", type=float, help="wall time of an earlier training run")
     args = ap.parse_args()
-    train_cmd = ["train", str(SHARED / "speechocean762-train"), "-o", str(args.checkpoint),
-                 *TRAIN_ARGS]
+    train_cmd = [
+        "train",
+        str(SHARED / "speechocean762-train"),
+        "-o",
+        str(args.checkpoint),
+        *TRAIN_ARGS,
+    ]
     if args.card_only:
         report = json.loads(args.report.read_text())
         seconds = args.train_seconds or report["seconds"]
@@ -63,15 +85,21 @@ def main() -> int:
         "sha256": sha,
         "bytes": ASSET.stat().st_size,
         "summary": f"ERes2NetV2 m16 trained on speechocean762-train only, dev EER "
-                   f"{100 * dev['eer']:.2f}%",
-        "config": {"m_channels": 16, "base_width": 26, "scale": 2, "expansion": 2,
-                   "embedding_size": 192, "feat_dim": 80},
+        f"{100 * dev['eer']:.2f}%",
+        "config": {
+            "m_channels": 16,
+            "base_width": 26,
+            "scale": 2,
+            "expansion": 2,
+            "embedding_size": 192,
+            "feat_dim": 80,
+        },
         "parameters": report["parameters"],
         "storage": "fp16 state dict in the official key layout (loaded as fp32)",
         "command": "speakerid " + " ".join(train_cmd).replace(str(ROOT.parent), ".."),
         "training": {
             "data": "speechocean762-train: 125 speakers (105 train + 20 validation), 2,500 "
-                    "utterances, 2.9 h, 16 kHz Opus; speed perturbation 0.9/1.1 as extra classes",
+            "utterances, 2.9 h, 16 kHz Opus; speed perturbation 0.9/1.1 as extra classes",
             "classes": report["num_classes"],
             "steps": report["steps"],
             "seconds": round(seconds),

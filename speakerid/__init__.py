@@ -26,19 +26,19 @@ __all__ = [
 ]
 
 _LAZY = {
-    "SpeakerID": ("speakerid.service", "SpeakerID"),
+    "SpeakerID": ("speakerid.service.facade", "SpeakerID"),
     "Client": ("speakerid.client", "Client"),
-    "Embedder": ("speakerid.embedder", "Embedder"),
-    "Embedding": ("speakerid.embedder", "Embedding"),
-    "AudioClip": ("speakerid.audio", "AudioClip"),
-    "load_audio": ("speakerid.audio", "load_audio"),
+    "Embedder": ("speakerid.embedding.embedder", "Embedder"),
+    "Embedding": ("speakerid.embedding.embedder", "Embedding"),
+    "AudioClip": ("speakerid.audio.decode", "AudioClip"),
+    "load_audio": ("speakerid.audio.decode", "load_audio"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .audio import AudioClip, load_audio
+    from .audio.decode import AudioClip, load_audio
     from .client import Client
-    from .embedder import Embedder, Embedding
-    from .service import SpeakerID
+    from .embedding.embedder import Embedder, Embedding
+    from .service.facade import SpeakerID
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``Client``: a speakerid server (``speakerid serve``) with the methods and result types of
-:class:`~speakerid.service.SpeakerID`, so that a script moves from in-process to warm HTTP by
+:class:`~speakerid.service.facade.SpeakerID`, so that a script moves from in-process to warm HTTP by
 changing one line::
 
     from speakerid.client import Client
@@ -25,9 +25,9 @@ from urllib.parse import quote
 
 from . import __version__, config
 from . import errors as E
-from .audio import AudioBytes, _read_bytes
-from .gates import each_file
-from .quality import MIN_SPEECH_SECONDS
+from .audio.decode import AudioBytes, _read_bytes
+from .audio.gates import each_file
+from .audio.quality import MIN_SPEECH_SECONDS
 from .results import (
     Candidate,
     CompareResult,

@@ -197,7 +197,7 @@ def _seconds(env: str, default: float) -> float:
 
 def max_audio_seconds() -> float:
     """``$SPEAKERID_MAX_AUDIO_SECONDS`` (default 3600): the most audio one file may hold where
-    it is decoded whole (``speakerid.audio.decode_limit``)."""
+    it is decoded whole (``speakerid.audio.decode.decode_limit``)."""
     return _seconds(ENV_MAX_AUDIO_SECONDS, DEFAULT_MAX_AUDIO_SECONDS)
 
 

@@ -209,7 +209,7 @@ def unit_rows(n: int, dim: int = 192, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def sid(tmp_path, tiny_ckpt):
     """A SpeakerID on a fresh registry, bound to the tiny fixture model."""
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
 
     with SpeakerID(db=tmp_path / "reg.db", model=tiny_ckpt) as s:
         yield s
@@ -261,7 +261,7 @@ def db_url(request, tmp_path) -> str:
 @pytest.fixture
 def sid_any(db_url, tiny_ckpt):
     """``sid`` on each backend."""
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
 
     with SpeakerID(db=db_url, model=tiny_ckpt) as s:
         yield s

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speakerid.cli import app
-from speakerid.scoring import asnorm_scores, cohort_stats, registry_asnorm
+from speakerid.scoring.scores import asnorm_scores, cohort_stats, registry_asnorm
 
 from .conftest import ROOT, unit_rows
 

@@ -10,7 +10,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from speakerid import errors
-from speakerid.audio import AUDIO_EXTENSIONS, MIN_SECONDS, SAMPLE_RATE, load_audio
+from speakerid.audio.decode import AUDIO_EXTENSIONS, MIN_SECONDS, SAMPLE_RATE, load_audio
 from speakerid.cli import app
 
 from .conftest import ROOT, TEST_MODEL, needs_asset, speechlike, wav_bytes
@@ -228,7 +228,7 @@ def test_ffmpeg_stereo_is_averaged(speech):
 @needs_asset
 def test_ffmpeg_decoded_speech_keeps_the_voice(speech):
     """The real-voice model hears the same speaker in every re-encoded copy."""
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     emb = Embedder(TEST_MODEL)
     ref = emb.embed(speech).vector
@@ -283,7 +283,7 @@ def test_pyav_is_imported_only_for_what_libsndfile_cannot_read(speech, tmp_path)
 
     (tmp_path / "a.m4a").write_bytes(ffmpeg_encode(speech.samples, "ipod", "aac", 16000))
     code = (
-        "import sys; from speakerid.audio import load_audio; "
+        "import sys; from speakerid.audio.decode import load_audio; "
         f"load_audio(r'{SPEECH}'); print('av' in sys.modules); "
         f"load_audio(r'{tmp_path / 'a.m4a'}'); print('av' in sys.modules)"
     )

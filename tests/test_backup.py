@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from speakerid import errors
-from speakerid.backup import manifest_digest
 from speakerid.cli import app
+from speakerid.registry.backup import manifest_digest
 from speakerid.registry.store import Registry
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import ROOT, unit_rows
 
@@ -184,7 +184,7 @@ def test_backup_files_stay_readable_by_import_embeddings(tmp_path, source, model
 
 
 def test_known_model_that_is_not_installed_binds_offline(tmp_path):
-    from speakerid.weights import KNOWN_MODELS
+    from speakerid.embedding.weights import KNOWN_MODELS
 
     pinned = KNOWN_MODELS["eres2netv2"].sha256
     with SpeakerID(db=tmp_path / "a.db", model="eres2netv2") as a:  # pinned: no download

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from speakerid.audio import AudioBytes, load_audio
+from speakerid.audio.decode import AudioBytes, load_audio
 from speakerid.cli import app
 from speakerid.errors import AudioDecodeError, AudioFileNotFoundError, SpeakerNotFoundError
 from speakerid.results import FileError, IdentifyResult
@@ -215,7 +215,7 @@ def test_library_collects_file_errors_and_reports_progress_per_file(sid, speech)
 
 
 def test_embedder_progress_is_per_file_across_chunks(tiny_ckpt, speech):
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     emb = Embedder(tiny_ckpt)
     clips = [load_audio(speech[k]) for k in ("a1", "a2", "b1", "c1", "a1")]

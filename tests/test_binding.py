@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerid import weights
+from speakerid.embedding import weights
 from speakerid.registry.store import Registry
 
 from .conftest import ROOT, TEST_MODEL, needs_asset, needs_shared

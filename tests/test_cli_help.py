@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from speakerid import __version__, errors
 from speakerid.cli import app, manage_cmd
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import ROOT, unit_rows
 

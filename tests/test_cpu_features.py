@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from speakerid import errors, runtime
-from speakerid.runtime import check_cpu_bf16, route_backend
+from speakerid import errors
+from speakerid.embedding import runtime
+from speakerid.embedding.runtime import check_cpu_bf16, route_backend
 
 from .conftest import CLIPS, HARDWARE, VOICE_CLIPS
 
@@ -96,7 +97,7 @@ def test_other_architectures_ask_pytorch(monkeypatch):
 
 def test_the_python_api_refuses_before_loading_anything(avx2_only, tiny_ckpt, tmp_path):
     from speakerid import SpeakerID
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     with pytest.raises(errors.DeviceError, match=LACKS):
         Embedder(tiny_ckpt, precision="bf16")
@@ -109,8 +110,8 @@ def test_the_python_api_refuses_before_loading_anything(avx2_only, tiny_ckpt, tm
 
 # A fresh process as users run it, with the CPU's flags replaced before the CLI starts.
 _FAKE_CPU = (
-    "import sys; import speakerid.runtime as r; flags = frozenset(sys.argv.pop(1).split(',')); "
-    "r.cpu_flags = lambda: flags; "
+    "import sys; import speakerid.embedding.runtime as r; "
+    "flags = frozenset(sys.argv.pop(1).split(',')); r.cpu_flags = lambda: flags; "
     "from speakerid.cli import main; sys.argv[0] = 'speakerid'; main()"
 )
 

@@ -25,11 +25,17 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from speakerid import config
-from speakerid.audio import AudioBytes, DecodeLimit, decode_limit, load_audio, set_decode_limit
+from speakerid.audio.decode import (
+    AudioBytes,
+    DecodeLimit,
+    decode_limit,
+    load_audio,
+    set_decode_limit,
+)
+from speakerid.audio.stream import stream_audio
 from speakerid.cli import app as cli_app
 from speakerid.errors import InvalidInputError, LimitExceededError
 from speakerid.server import limits
-from speakerid.tracking.stream import stream_audio
 
 from .serverkit import Server, clip_bytes, clips, problem
 

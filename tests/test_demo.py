@@ -8,10 +8,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from speakerid import errors, weights
+from speakerid import errors
 from speakerid.cli import app
 from speakerid.cli.demo_cmd import CLIPS, _pick_model, _plan
-from speakerid.service import SpeakerID
+from speakerid.embedding import weights
+from speakerid.service.facade import SpeakerID
 
 runner = CliRunner()
 DEMO = weights.bundled_path("demo")

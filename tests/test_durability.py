@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import CLIPS, DATASETS, ROOT, TEST_MODEL, needs_asset, needs_dev_set, unit_rows
 
@@ -30,7 +30,7 @@ UTTS = 4
 
 WRITER = textwrap.dedent(f"""
     import sys, numpy as np
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
     db, model, prefix, start, count = sys.argv[1:6]
     rng = np.random.default_rng(int(start))
     with SpeakerID(db=db, model=model) as sid:
@@ -42,7 +42,7 @@ WRITER = textwrap.dedent(f"""
 
 READER = textwrap.dedent("""
     import sys, time, numpy as np
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
     db, seconds = sys.argv[1], float(sys.argv[2])
     q = np.random.default_rng(0).standard_normal((1, 192)).astype(np.float32)
     n, end = 0, time.time() + seconds
@@ -130,7 +130,7 @@ def test_concurrent_writers_and_readers(db_url, tiny_ckpt):
 DIE_IN_INDEX_SAVE = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
     db, kind, vectors = sys.argv[1:4]
     a, b = np.load(vectors)
     with SpeakerID(db=db, index_kind=kind) as sid:

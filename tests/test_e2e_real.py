@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from speakerid.errors import AudioQualityError
-from speakerid.metrics import eer
-from speakerid.service import SpeakerID
+from speakerid.scoring.metrics import eer
+from speakerid.service.facade import SpeakerID
 
 from .conftest import DATASETS, TEST_MODEL, needs_dev_set
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from speakerid import errors
-from speakerid.audio import load_audio
-from speakerid.embedder import MAX_SEGMENT_SECONDS, Embedder, segments
+from speakerid.audio.decode import load_audio
+from speakerid.embedding.embedder import MAX_SEGMENT_SECONDS, Embedder, segments
 
 from .budgets import COSINE_SAME, NETWORK_RTOL, within_fbank_budget
 from .conftest import HARDWARE, speechlike, wav_bytes
@@ -62,7 +62,7 @@ def test_padded_batches_equal_unpadded_inference():
     """Masking makes a padded batch compute what each item computes alone. A default-init
     network is used: the fixtures' random BatchNorm statistics amplify float rounding ~1e3x,
     which would hide a masking error behind noise."""
-    from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
 
     torch.manual_seed(0)
     model = ERes2NetV2(ERes2NetV2Config(m_channels=16)).eval()
@@ -85,7 +85,7 @@ def test_padded_batches_equal_unpadded_inference():
 def _randomised_bn_model(seed: int = 0):
     import torch
 
-    from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
 
     torch.manual_seed(seed)
     model = ERes2NetV2(ERes2NetV2Config(m_channels=8, embedding_size=32)).eval()
@@ -104,7 +104,7 @@ def test_cpu_inference_rewrites_keep_the_numbers():
 
     import torch
 
-    from speakerid.models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
+    from speakerid.embedding.models.eres2netv2 import fold_batchnorm, use_onednn_pointwise
 
     ref = _randomised_bn_model()
     fast = fold_batchnorm(copy.deepcopy(ref)).to(memory_format=torch.channels_last)
@@ -123,14 +123,14 @@ def test_cpu_inference_rewrites_keep_the_numbers():
 
 
 def test_fold_batchnorm_refuses_training_mode():
-    from speakerid.models.eres2netv2 import fold_batchnorm
+    from speakerid.embedding.models.eres2netv2 import fold_batchnorm
 
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(_randomised_bn_model().train())
 
 
 def test_batched_fbank_equals_the_official_per_utterance_fbank():
-    from speakerid.features import fbank, fbank_batch
+    from speakerid.embedding.features import fbank, fbank_batch
 
     rng = np.random.default_rng(3)
     # lengths: no frame, exactly one frame, one frame + a bit, 2 s, 30 s (odd sample counts)
@@ -159,7 +159,7 @@ def test_batched_fbank_path_gives_the_same_embeddings(tiny_ckpt):
 
 def test_large_batches_are_bounded_in_frames_not_only_in_items(tiny_ckpt, monkeypatch):
     """CUDA batches of 128: long recordings must form smaller batches (device memory)."""
-    from speakerid import embedder as mod
+    from speakerid.embedding import embedder as mod
 
     emb = Embedder(tiny_ckpt, backend="torch")
     sizes = []

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speakerid.cli import app
-from speakerid.embedder import Embedder
+from speakerid.embedding.embedder import Embedder
 
 from .conftest import noise_floor, real_speech
 
@@ -168,7 +168,7 @@ def test_a_file_enrolled_for_another_speaker_is_refused_before_embedding(
 
 
 def test_registry_lists_enrolled_hashes(sid, voices):
-    from speakerid.audio import file_sha256
+    from speakerid.audio.decode import file_sha256
 
     sid.enroll("alice", voices[:2])
     hashes = [file_sha256(v) for v in voices[:3]]
@@ -183,7 +183,8 @@ def test_registry_lists_enrolled_hashes(sid, voices):
 @pytest.fixture
 def decode_vad_calls(monkeypatch):
     """Sources decoded and the number of Silero VAD runs during the test."""
-    from speakerid import audio, vad
+    from speakerid.audio import decode as audio
+    from speakerid.audio import vad
 
     calls = {"decoded": [], "vad": 0}
     real_decode, real_probs = audio.decode, vad.speech_probs
@@ -202,7 +203,7 @@ def decode_vad_calls(monkeypatch):
 
 
 def _stored(db):
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
 
     with SpeakerID(db=db) as sid:
         _, vectors, names = sid.registry.all_voiceprints()
@@ -213,7 +214,7 @@ def test_each_file_is_decoded_and_gated_once(cli, people, decode_vad_calls, monk
     """The check of every file and the embedding share one decode and one gate (VAD) per
     file; the second VAD run is the multi-speaker guard's on the clip it embeds. Beyond the
     memory budget a file is decoded again, but not gated again, and enrolls the same."""
-    from speakerid import enrollment
+    from speakerid.service import enrollment
 
     (people / "ben" / "short.wav").unlink()
     files = sorted(str(p) for p in people.rglob("*.wav"))

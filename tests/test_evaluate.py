@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from speakerid.cli import app
-from speakerid.evaluation import read_trials, speaker_folders, verification_metrics
-from speakerid.trials import folder_trials
+from speakerid.scoring.evaluation import read_trials, speaker_folders, verification_metrics
+from speakerid.scoring.trials import folder_trials
 
 from .conftest import DATASETS, TEST_MODEL, needs_dev_set
 
@@ -79,7 +79,7 @@ PINNED_ASNORM = {
 @pytest.fixture(scope="module")
 def vectors(folder) -> dict:
     """Every file's embedding, computed here (one clip at a time) for the brute-force check."""
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     embedder = Embedder(TEST_MODEL)
     return {p: embedder.embed(p).vector for p in sorted(folder.glob("*/*"))}
@@ -98,7 +98,7 @@ def _every_pair(vectors: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def _brute_force(target: np.ndarray, nontarget: np.ndarray) -> dict:
     """EER, minDCF and FAR operating points by counting trials at every candidate threshold
-    (accept when score >= t), independently of speakerid.metrics."""
+    (accept when score >= t), independently of speakerid.scoring.metrics."""
     target, nontarget = np.asarray(target), np.asarray(nontarget)
     rows = []  # (threshold, miss rate, false-alarm rate), thresholds ascending
     for t in [*sorted(set(target) | set(nontarget)), math.inf]:

@@ -16,13 +16,14 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from speakerid import errors, onnx_backend
-from speakerid.audio import AudioClip, load_audio
+from speakerid import errors
+from speakerid.audio.decode import AudioClip, load_audio
+from speakerid.audio.resample import resample
 from speakerid.cli import app
-from speakerid.embedder import Embedder
-from speakerid.features import fbank_numpy
-from speakerid.resample import resample
-from speakerid.runtime import choose_backend
+from speakerid.embedding import onnx_backend
+from speakerid.embedding.embedder import Embedder
+from speakerid.embedding.features import fbank_numpy
+from speakerid.embedding.runtime import choose_backend
 
 from .budgets import COSINE_SAME, RESAMPLE_ATOL, within_fbank_budget
 from .conftest import CLIPS, ROOT, VOICE_CLIPS, real_speech, wav_bytes
@@ -195,7 +196,7 @@ def test_torch_free_fbank_equals_torchaudio_on_real_speech():
     """Real speech: equal to torchaudio's up to float32 rounding, element by element within the
     fbank error budget (tests/budgets.py: near-silent mel bins of real speech carry errors up
     to 1.1e-3, loud ones < 1e-5)."""
-    from speakerid.features import fbank
+    from speakerid.embedding.features import fbank
 
     for i in range(len(VOICE_CLIPS)):
         x = real_speech(i)
@@ -241,7 +242,7 @@ def test_checkpoint_hash_is_remembered_until_the_file_changes(tmp_path, monkeypa
     a rewrite with the same size and a restored mtime is still noticed (ctime)."""
     import time
 
-    from speakerid import weights
+    from speakerid.embedding import weights
 
     monkeypatch.setattr(weights, "RACY_SECONDS", 0.0)
     hashed = []
@@ -295,7 +296,7 @@ def test_window_embeddings_on_onnx_runtime_equal_the_pytorch_trunk(tiny_ckpt, tm
     """The multi-speaker guard and track embed windows through the exported trunk (no torch)
     with the same result as the PyTorch trunk: whole clips, windows at the network's frame
     rate and at track's, normalized by a given mean or their own, and a streamed analysis."""
-    from speakerid.tracking import windows as w
+    from speakerid.embedding import windows as w
 
     onnx, torch_ = Embedder(tiny_ckpt), Embedder(tiny_ckpt, backend="torch")
     x = np.concatenate([_one_voice(), real_speech(1)])  # two voices, 13 s
@@ -325,7 +326,7 @@ def test_window_embeddings_on_onnx_runtime_equal_the_pytorch_trunk(tiny_ckpt, tm
 def test_exported_embedding_layers_equal_pytorch_with_two_layers(tmp_path, monkeypatch):
     import torch
 
-    from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
+    from speakerid.embedding.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config
 
     monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path))
     torch.manual_seed(0)
@@ -352,7 +353,7 @@ def test_sessions_start_from_a_cached_optimized_graph(tiny_ckpt, tmp_path, monke
     for bit; a copy from another source file (re-export) or a damaged one is never used."""
     import onnxruntime as ort
 
-    from speakerid.ort_session import open_session, optimized_path
+    from speakerid.audio.ort_session import open_session, optimized_path
 
     monkeypatch.setenv("SPEAKERID_CACHE", str(tmp_path / "cache"))
     source = onnx_backend.cache_path(Embedder(tiny_ckpt).sha256)
@@ -386,7 +387,7 @@ def test_sessions_start_from_a_cached_optimized_graph(tiny_ckpt, tmp_path, monke
     blocker.write_text("x")  # a cache folder that cannot be made (root ignores permissions)
     got = open_session(source, 1, blocker / "sub").run(None, {"feats": x})[0]
     assert np.array_equal(got, want)  # no copy kept, same session
-    from speakerid import vad
+    from speakerid.audio import vad
 
     vad._session.cache_clear()
     try:  # the Silero VAD keeps its optimized graph in the same cache

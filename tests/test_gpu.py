@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from speakerid.audio import load_audio
-from speakerid.embedder import CUDA_BATCH, Embedder
-from speakerid.features import fbank, fbank_batch
+from speakerid.audio.decode import load_audio
+from speakerid.embedding.embedder import CUDA_BATCH, Embedder
+from speakerid.embedding.features import fbank, fbank_batch
 
 from .conftest import HARDWARE, speechlike, wav_bytes
 

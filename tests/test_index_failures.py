@@ -20,7 +20,7 @@ import pytest
 from speakerid import errors
 from speakerid.registry import cache as cache_mod
 from speakerid.registry.index import VectorIndex
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import unit_rows
 from .serverkit import Server, clip_bytes, clips

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speakerid.metrics import det_curve, eer, min_dcf
+from speakerid.scoring.metrics import det_curve, eer, min_dcf
 
 
 def test_perfect_separation_has_zero_eer():
@@ -59,7 +59,7 @@ def test_min_dcf_hand_computed():
 
 
 def test_threshold_at_far():
-    from speakerid.metrics import threshold_at_far
+    from speakerid.scoring.metrics import threshold_at_far
 
     non = np.arange(100) / 100.0  # 0.00 .. 0.99
     tgt = np.array([0.5, 0.95, 0.99, 1.0])

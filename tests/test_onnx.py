@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from speakerid import errors, onnx_backend
-from speakerid.audio import load_audio
+from speakerid import errors
+from speakerid.audio.decode import load_audio
 from speakerid.cli import app
-from speakerid.embedder import Embedder
+from speakerid.embedding import onnx_backend
+from speakerid.embedding.embedder import Embedder
 
 from .budgets import COSINE_SAME, SCORE_ATOL
 from .conftest import real_speech, speechlike, wav_bytes

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from speakerid.audio import load_audio
+from speakerid.audio.decode import load_audio
 from speakerid.cli import app
-from speakerid.features import fbank, fbank_numpy
-from speakerid.models.eres2netv2 import (
+from speakerid.embedding.features import fbank, fbank_numpy
+from speakerid.embedding.models.eres2netv2 import (
     ERes2NetV2,
     ERes2NetV2Config,
     build_from_state_dict,
@@ -119,7 +119,7 @@ def test_embeddings_match_official_w24s4ep4_within_its_fp32_noise():
 @pytest.mark.parametrize("backend", ["torch", "onnx", None])
 def test_embed_api_and_cli_reproduce_fixture(tiny_reference, tiny_ckpt, tmp_path, backend):
     """On every backend (None: the default), API and CLI give the official embeddings."""
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     files = []
     for i, wav in enumerate(tiny_reference["wavs"]):

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from speakerid import errors
-from speakerid.audio import load_audio
-from speakerid.embedder import Embedder
-from speakerid.runtime import check_cpu_bf16, route_backend, tf32
+from speakerid.audio.decode import load_audio
+from speakerid.embedding.embedder import Embedder
+from speakerid.embedding.runtime import check_cpu_bf16, route_backend, tf32
 
 from .conftest import HARDWARE, ROOT, needs_asset, speechlike, wav_bytes
 

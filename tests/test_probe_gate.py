@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from speakerid import errors
 from speakerid.cli import app
-from speakerid.embedder import Embedder
-from speakerid.service import SpeakerID
+from speakerid.embedding.embedder import Embedder
+from speakerid.service.facade import SpeakerID
 
 from .conftest import (
     CLIPS,
@@ -175,7 +175,7 @@ def test_each_probe_goes_through_the_vad_once(reg, monkeypatch, write_wav):
     import numpy as np
     import soundfile as sf
 
-    from speakerid import vad
+    from speakerid.audio import vad
 
     db, _ = reg
     long = np.concatenate(
@@ -205,7 +205,7 @@ def test_each_enrollment_file_goes_through_the_vad_once(tmp_path, monkeypatch, w
     import numpy as np
     import soundfile as sf
 
-    from speakerid import vad
+    from speakerid.audio import vad
 
     def joined(name: str, speaker: str, clip: str) -> tuple[Path, int]:
         x = np.concatenate([sf.read(CLIPS / speaker / clip, dtype="float32")[0]] * 3)

@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from speakerid import errors, vector_files, weights
+from speakerid import errors
 from speakerid.cli import app
+from speakerid.embedding import weights
+from speakerid.registry import vector_files
 from speakerid.registry.store import Registry
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import CLIPS, unit_rows
 
@@ -269,7 +271,7 @@ def test_cli_bare_files_with_the_right_model_and_backups(tmp_path, tiny_ckpt):
 
 
 def test_an_older_export_names_the_model_its_vectors_need(tmp_path):
-    from speakerid.backup import read_backup
+    from speakerid.registry.backup import read_backup
 
     legacy = {"model": "tiny", "model_sha256": "ab" * 32, "dim": 192, "speakers": []}
     (tmp_path / "speakers.json").write_text(json.dumps(legacy))

@@ -7,7 +7,7 @@ import sys
 
 import speakerid
 from speakerid.client import Client
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 
 def test_every_public_name_resolves():
@@ -28,7 +28,7 @@ def test_import_is_light_and_names_load_lazily():
         "print(SpeakerID.__module__, Client.__module__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["speakerid.service", "speakerid.client"]
+    assert out.stdout.split() == ["speakerid.service.facade", "speakerid.client"]
 
 
 def test_unknown_name_is_an_attribute_error():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speakerid.quality import Quality, energy_mask, measure, trim_silence
+from speakerid.audio.quality import Quality, energy_mask, measure, trim_silence
 
 from .conftest import real_speech
 

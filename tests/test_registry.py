@@ -10,7 +10,7 @@ import pytest
 from speakerid import errors
 from speakerid.registry.schema import SCHEMA_REVISION
 from speakerid.registry.store import Registry
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import real_speech, unit_rows
 

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 from sqlalchemy import create_engine, text
 
-from speakerid.audio import load_audio
+from speakerid.audio.decode import load_audio
 from speakerid.client import Client
 from speakerid.errors import ServerError
 

@@ -13,7 +13,7 @@ from sqlalchemy import event
 from speakerid import errors
 from speakerid.client import Client
 from speakerid.registry import store
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import unit_rows
 from .serverkit import Server, problem
@@ -50,7 +50,7 @@ def test_asnorm_cohort_is_read_once_per_generation(db_url, tiny_ckpt, monkeypatc
         # scores equal the uncached rule on the database's current voiceprints
         loads.clear()
         _, prints, now = other.registry.all_voiceprints()
-        from speakerid.scoring import registry_asnorm
+        from speakerid.scoring.scores import registry_asnorm
 
         want = registry_asnorm(prints, now, ["s5"], vecs[5][None])[0]
         assert r.candidates[0].score == pytest.approx(want, abs=1e-9)

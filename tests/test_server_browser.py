@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from playwright.sync_api import expect, sync_playwright
 
-from speakerid.audio import load_audio
+from speakerid.audio.decode import load_audio
 
 from .serverkit import Server, clip_bytes, clips
 

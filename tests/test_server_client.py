@@ -13,7 +13,7 @@ import pytest
 from speakerid import errors as E
 from speakerid.client import Client
 from speakerid.results import CompareResult, EnrollResult, IdentifyResult, SpeakerInfo, VerifyResult
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .budgets import SCORE_ATOL
 from .serverkit import ROOT, Server, clips, env_for

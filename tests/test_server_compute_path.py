@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speakerid.audio import AudioClip, load_audio
-from speakerid.embedder import Embedder, Embedding
+from speakerid.audio.decode import AudioClip, load_audio
+from speakerid.audio.vad import speech_segments
+from speakerid.embedding import windows
+from speakerid.embedding.embedder import Embedder, Embedding
 from speakerid.errors import EmbedderUnavailableError, LimitExceededError
 from speakerid.server.batching import BatchingEmbedder
-from speakerid.tracking import windows
-from speakerid.vad import speech_segments
 
 from .serverkit import clips, problem
 

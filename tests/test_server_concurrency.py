@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speakerid.audio import AudioClip, load_audio
-from speakerid.embedder import Embedding
+from speakerid.audio.decode import AudioClip, load_audio
+from speakerid.embedding.embedder import Embedding
 from speakerid.errors import LimitExceededError
 from speakerid.server.batching import BatchingEmbedder
 from speakerid.server.metrics import Metrics
@@ -155,7 +155,7 @@ def test_padded_batches_of_different_lengths_equal_the_clips_alone():
     concurrent requests' clips of different lengths go through the network as padded, masked
     batches, and each embedding equals the one computed alone within the error budget of
     ``PADDED_BATCH_TOLERANCE``."""
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     emb = Embedder("demo", backend="torch", batch_size=8)
     sources = [p for s in ("so0003", "so0044", "so0092", "so0094") for p in clips(s)]
@@ -173,7 +173,7 @@ def test_onnx_batches_requests_but_runs_unequal_lengths_one_by_one():
     the worker's batch reaches the network clip by clip (on CPU the embedder's batch size is
     1 anyway) and every embedding is bit for bit the one computed alone. With a larger batch
     size only clips of equal length are stacked, within ``PADDED_BATCH_TOLERANCE``."""
-    from speakerid.embedder import Embedder
+    from speakerid.embedding.embedder import Embedder
 
     emb = Embedder("demo")
     assert emb.backend == "onnx" and emb.batch_size == 1
@@ -294,7 +294,7 @@ def test_sigterm_during_an_enrollment_finishes_it_then_exits(tmp_path):
     the server's own metrics: the request in flight and its first clips embedded, and no
     answer received yet): the enrollment is answered 201 after the signal, all of it stored,
     and the process exits 0."""
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
 
     uploads = [
         ("files", (f"long{i}.wav", long_wav(clips("so0111"), i), "audio/wav")) for i in range(8)

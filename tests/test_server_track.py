@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from speakerid.audio import AudioBytes
+from speakerid.audio.decode import AudioBytes
 from speakerid.cli import app as cli_app
 from speakerid.client import Client
 from speakerid.errors import AudioDecodeError
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import TEST_MODEL, needs_asset
 from .serverkit import Server, clips, problem

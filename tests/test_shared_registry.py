@@ -29,7 +29,7 @@ from speakerid.registry import database as database_mod
 from speakerid.registry.database import DatabaseURL
 from speakerid.registry.index import VectorIndex
 from speakerid.registry.schema import SCHEMA_REVISION
-from speakerid.service import SpeakerID
+from speakerid.service.facade import SpeakerID
 
 from .conftest import ROOT, unit_rows
 
@@ -297,7 +297,7 @@ def test_writes_serialize_in_the_database_and_readers_never_wait(
 REPLICA = textwrap.dedent("""
     import json, sys, numpy as np
     from speakerid.errors import SpeakerIDError
-    from speakerid.service import SpeakerID
+    from speakerid.service.facade import SpeakerID
     def unit_rows(n, seed):  # as tests/conftest.py
         x = np.random.default_rng(seed).standard_normal((n, 192)).astype(np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from speakerid import config, errors
 from speakerid.cli import app
-from speakerid.embedder import Embedder
+from speakerid.embedding.embedder import Embedder
 
 from .conftest import ROOT
 
@@ -109,7 +109,7 @@ def test_cli_option_sets_the_threads_of_an_in_process_run(tiny_ckpt, monkeypatch
 
 def test_env_var_reaches_torch_in_a_fresh_process(tiny_ckpt):
     code = (
-        "import sys, torch; from speakerid.embedder import Embedder; "
+        "import sys, torch; from speakerid.embedding.embedder import Embedder; "
         "e = Embedder(sys.argv[1], backend='torch'); "
         "print(e.threads, torch.get_num_threads(), torch.get_num_interop_threads())"
     )

@@ -97,10 +97,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path, write_wav):
 
 @needs_shared
 def test_window_frames_pooled_whole_equal_the_embedder(tiny_ckpt):
-    from speakerid.audio import AudioClip
-    from speakerid.embedder import Embedder
-    from speakerid.tracking.guard import embed_checked
-    from speakerid.tracking.windows import FrameEmbedder
+    from speakerid.audio.decode import AudioClip
+    from speakerid.embedding.embedder import Embedder
+    from speakerid.embedding.windows import FrameEmbedder
+    from speakerid.service.guard import embed_checked
 
     emb = Embedder(tiny_ckpt)
     x = np.concatenate([real_speech(0), real_speech(1)])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from speakerid.embedding.windows import Analysis, blocks, layout, read_spans
 from speakerid.errors import InvalidInputError
 from speakerid.results import TrackResult
 from speakerid.tracking import naming, pipeline, segments, voices
-from speakerid.tracking.windows import Analysis, blocks, layout, read_spans
 
 from .conftest import wav_bytes
 
@@ -167,11 +167,11 @@ def test_naming_needs_the_threshold_and_a_margin_over_the_runner_up():
 
     class Emb:
         def embed_clips(self, clips):
-            from speakerid.embedder import Embedding
+            from speakerid.embedding.embedder import Embedding
 
             return [Embedding(np.ones(4, np.float32) / 2, "m", c.source, 1.0, "") for c in clips]
 
-    from speakerid.audio import AudioClip
+    from speakerid.audio.decode import AudioClip
 
     clips = {v: AudioClip(np.zeros(16000, np.float32), f"v{v}", SR, 1, "") for v in range(3)}
     out = naming.name_voices(Emb(), clips, identify, margin=0.1)
@@ -206,8 +206,8 @@ def test_counts_are_checked():
 
 
 def test_streamed_audio_equals_load_audio_for_resampled_stereo(tmp_path, monkeypatch):
-    from speakerid.audio import load_audio
-    from speakerid.tracking import stream
+    from speakerid.audio import stream
+    from speakerid.audio.decode import load_audio
 
     monkeypatch.setattr(stream, "BLOCK_FRAMES", 7001)  # many blocks, odd sizes
     rng = np.random.default_rng(1)
@@ -221,8 +221,8 @@ def test_streamed_audio_equals_load_audio_for_resampled_stereo(tmp_path, monkeyp
 
 
 def test_stream_refuses_what_load_audio_refuses(tmp_path):
+    from speakerid.audio.stream import stream_audio
     from speakerid.errors import AudioFileNotFoundError, SilentAudioError
-    from speakerid.tracking.stream import stream_audio
 
     with pytest.raises(AudioFileNotFoundError):
         list(stream_audio(tmp_path / "missing.wav"))
@@ -233,7 +233,7 @@ def test_stream_refuses_what_load_audio_refuses(tmp_path):
 
 
 def test_vad_stream_equals_whole_signal_probabilities():
-    from speakerid.vad import VadStream, speech_probs
+    from speakerid.audio.vad import VadStream, speech_probs
 
     from .conftest import real_speech
 

@@ -11,8 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from speakerid.cli import app
+from speakerid.embedding.models.eres2netv2 import (
+    ERes2NetV2,
+    ERes2NetV2Config,
+    build_from_state_dict,
+)
 from speakerid.errors import InvalidInputError
-from speakerid.models.eres2netv2 import ERes2NetV2, ERes2NetV2Config, build_from_state_dict
 from speakerid.training import augment as A
 from speakerid.training import data as D
 from speakerid.training.head import fit_lda, init_head_lda
@@ -308,7 +312,7 @@ def _tiny_model(seed=0):
 
 
 def test_init_head_lda_folds_the_projection_into_seg_1():
-    from speakerid.features import fbank
+    from speakerid.embedding.features import fbank
 
     model = _tiny_model()
     feats = [fbank(speechlike(1.0, seed=i, f0=90 + 30 * (i % 4))) for i in range(12)]
@@ -326,7 +330,7 @@ def test_init_head_lda_folds_the_projection_into_seg_1():
 
 def test_calibrate_batchnorm_uses_the_data_statistics():
     model = _tiny_model()
-    from speakerid.features import fbank
+    from speakerid.embedding.features import fbank
 
     batch = torch.stack([fbank(speechlike(1.0, seed=i)) for i in range(4)])
     calibrate_batchnorm(model, [batch])

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from speakerid.cli import app
-from speakerid.metrics import threshold_at_far
-from speakerid.trials import folder_trials, list_trials, read_trials, trial_warnings
+from speakerid.scoring.metrics import threshold_at_far
+from speakerid.scoring.trials import folder_trials, list_trials, read_trials, trial_warnings
 
 from .conftest import DATASETS
 

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from speakerid import errors, vad
-from speakerid.quality import TRIM_PAD_MS, measure, trim_silence
+from speakerid import errors
+from speakerid.audio import vad
+from speakerid.audio.quality import TRIM_PAD_MS, measure, trim_silence
 
 from .conftest import VOICE_CLIPS, music, noise_floor, pink, real_speech, speechlike, white
 
@@ -113,7 +114,7 @@ def test_missing_model_is_a_typed_one_line_error(monkeypatch):
 
 def test_vad_does_not_import_torch_or_the_silero_package():
     code = (
-        "import sys, numpy as np; from speakerid import vad; "
+        "import sys, numpy as np; from speakerid.audio import vad; "
         "s = vad.speech_seconds(np.zeros(16000, np.float32)); "
         "print(s, 'torch' in sys.modules, 'silero_vad' in sys.modules)"
     )

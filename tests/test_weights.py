@@ -12,8 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from speakerid import errors, weights
+from speakerid import errors
 from speakerid.cli import app
+from speakerid.embedding import weights
 
 runner = CliRunner()
 

@@ -144,7 +144,7 @@ def open_service(
         from ..client import Client
 
         return Client(server)
-    from ..service import SpeakerID
+    from ..service.facade import SpeakerID
 
     return SpeakerID(
         db=db,

@@ -31,7 +31,7 @@ def copy(source: LocationArg, destination: LocationArg, json_out: JsonOpt = Fals
     Example:
       speakerid registry copy registry.db postgresql://speakerid@db.example/voices
     """
-    from ..service import copy_registry
+    from ..service.facade import copy_registry
 
     res = copy_registry(source, destination)
     if json_out:

@@ -15,17 +15,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import weights
+from ..embedding import weights
 from ..errors import InvalidInputError, ModelError
-from .common import (
-    DeviceOpt,
-    JsonOpt,
-    ThreadsOpt,
-    emit_json,
-    handle_errors,
-    open_service,
-    plural,
-)
+from .common import DeviceOpt, JsonOpt, ThreadsOpt, emit_json, handle_errors, open_service, plural
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The sample clips: in an installed wheel they ship as speakerid/assets/clips (pyproject.toml),

@@ -64,10 +64,10 @@ def embed(
       speakerid embed a.wav b.wav --json
       speakerid embed recordings/*.flac -o embeddings/
     """
-    from .. import vector_files
-    from ..audio import load_audio
+    from ..audio.decode import load_audio
     from ..config import check_backend, check_precision
-    from ..embedder import Embedder
+    from ..embedding.embedder import Embedder
+    from ..registry import vector_files
 
     bars = show_progress(json_out)
     clips = [load_audio(f) for f in files]  # validate every input before any work

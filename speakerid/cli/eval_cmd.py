@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..trials import MAX_NONTARGETS, MAX_TARGETS
+from ..scoring.trials import MAX_NONTARGETS, MAX_TARGETS
 from .common import (
     BackendOpt,
     CompileOpt,
@@ -57,7 +57,7 @@ def _cohort_files(folder: Path | None, limit: int, seed: int) -> list[Path]:
         return []
     import random
 
-    from ..audio import AUDIO_EXTENSIONS
+    from ..audio.decode import AUDIO_EXTENSIONS
     from ..errors import InvalidInputError
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
@@ -81,7 +81,7 @@ def _run(
     max_seconds,
     json_out,
 ):
-    from ..evaluation import evaluate
+    from ..scoring.evaluation import evaluate
     from .common import progress_bar
 
     files = _cohort_files(cohort, cohort_max, seed)
@@ -152,7 +152,7 @@ def _warn(warnings: list[str]) -> None:
 
 
 def _plots(directory: Path, rep, threshold: float | None, asnorm: bool = False) -> list[str]:
-    from ..plots import write_plots
+    from ..scoring.plots import write_plots
 
     raw = ("raw cosine", (rep.scores["target"], rep.scores["nontarget"]))
     norm = ("AS-Norm", (rep.scores.get("asnorm_target"), rep.scores.get("asnorm_nontarget")))
@@ -260,7 +260,7 @@ def calibrate(
       speakerid calibrate people/ --target-far 0.01 --apply
     """
     from ..errors import InvalidInputError
-    from ..evaluation import calibrate as recommend
+    from ..scoring.evaluation import calibrate as recommend
 
     if not 0.0 < target_far < 1.0:
         raise InvalidInputError("--target-far must be between 0 and 1")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import weights
+from ..embedding import weights
 from .common import JsonOpt, download_progress, emit_json, handle_errors, show_progress
 
 app = typer.Typer(
@@ -152,7 +152,7 @@ def export_onnx(
     Example:
       speakerid model export-onnx eres2netv2
     """
-    from .. import onnx_backend
+    from ..embedding import onnx_backend
 
     resolved = weights.resolve(model, progress=download_progress(show_progress(json_out)))
     net = weights.load_model(resolved.path)

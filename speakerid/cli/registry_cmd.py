@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..audio.quality import MIN_SPEECH_SECONDS
 from ..config import server_url
 from ..errors import InvalidInputError, SpeakerNotFoundError
-from ..quality import MIN_SPEECH_SECONDS
 from ..results import EnrollResult, FileError
 from .common import (
     AsnormOpt,
@@ -53,7 +53,7 @@ FailFastOpt = Annotated[
 
 def _inputs(files: list[Path]) -> list:
     """Folders → their audio files, ``-`` → the bytes of standard input."""
-    from ..audio import expand_sources
+    from ..audio.decode import expand_sources
 
     return expand_sources(files, lambda: typer.get_binary_stream("stdin").read())
 

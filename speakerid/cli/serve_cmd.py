@@ -140,7 +140,7 @@ def create(
     Example:
       speakerid keys create frontdesk --scope read
     """
-    from ..keys import check_scope
+    from ..registry.keys import check_scope
 
     check_scope(scope)
     with open_service(db) as sid:

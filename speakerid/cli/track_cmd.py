@@ -110,8 +110,8 @@ def track(
             "there, then enroll the voice's speech with speakerid enroll --server"
         )
     sources = _inputs(files)
+    from ..audio.stream import probe_duration
     from ..tracking.segments import rttm_lines
-    from ..tracking.stream import probe_duration
 
     durations = [probe_duration(src) for src in sources]
     total = 2 * sum(durations) if all(d is not None for d in durations) else None

@@ -1,5 +1,6 @@
-"""``speakerid serve``: the HTTP service over the same :class:`~speakerid.service.SpeakerID` as
-the CLI (FastAPI on uvicorn). ``create_app`` builds the ASGI app; ``runner.run`` serves it."""
+"""``speakerid serve``: the HTTP service over the same
+:class:`~speakerid.service.facade.SpeakerID` as the CLI (FastAPI on uvicorn). ``create_app``
+builds the ASGI app; ``runner.run`` serves it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The FastAPI application: one warm :class:`~speakerid.service.SpeakerID` per process, its
+"""The FastAPI application: one warm :class:`~speakerid.service.facade.SpeakerID` per process, its
 embedding moved onto the micro-batching worker, typed errors as problem+json, limits, metrics,
 the web page and offline API docs."""
 
@@ -59,8 +59,8 @@ class ServerState:
     def start(self) -> None:
         """Load the model, bind or check the registry, warm the network up (seconds; raises
         the library's typed errors, e.g. a model the registry is not bound to)."""
-        from ..audio import AudioClip, set_decode_limit
-        from ..service import SpeakerID
+        from ..audio.decode import AudioClip, set_decode_limit
+        from ..service.facade import SpeakerID
         from .limits import audio_limit
 
         s = self.settings
@@ -100,7 +100,7 @@ class ServerState:
             self.batcher.close(timeout=30)
         if self.sid is not None:
             self.sid.close()
-            from ..audio import set_decode_limit
+            from ..audio.decode import set_decode_limit
 
             set_decode_limit(self._decode_limit_before)
 

@@ -26,13 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers
 from starlette.routing import Match
 
-from ..errors import (
-    AuthenticationError,
-    NotReadyError,
-    PermissionDeniedError,
-    SpeakerIDError,
-)
-from ..keys import KeyInfo
+from ..errors import AuthenticationError, NotReadyError, PermissionDeniedError, SpeakerIDError
+from ..registry.keys import KeyInfo
 from .problems import error_response, problem
 
 log = logging.getLogger("speakerid")

@@ -1,6 +1,6 @@
 """Dynamic micro-batching: concurrent requests' audio is embedded together by one worker thread.
 
-The server's :class:`~speakerid.service.SpeakerID` embeds through a :class:`BatchingEmbedder`
+The server's :class:`~speakerid.service.facade.SpeakerID` embeds through a :class:`BatchingEmbedder`
 (``SpeakerID.wrap_embedder``): every rule (binding, gates, thresholds, scoring) stays in the
 service, which decodes audio in the request's own thread and then asks for embeddings. Those
 requests queue here; the worker takes the first one, waits at most ``max_wait`` for others,
@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audio import AudioClip, load_audio
+from ..audio.decode import AudioClip, load_audio
 from ..errors import AudioError, EmbedderUnavailableError
 from .metrics import Metrics
 
@@ -55,7 +55,7 @@ class _Job:
 
 
 class BatchingEmbedder:
-    """Stands in for an :class:`~speakerid.embedder.Embedder`: same identity and embedding
+    """Stands in for an :class:`~speakerid.embedding.embedder.Embedder`: same identity and embedding
     methods, computed by one worker thread in batches across concurrent callers."""
 
     def __init__(
@@ -162,7 +162,7 @@ class BatchingEmbedder:
         """The ``FrameEmbedder`` of this step (built on first use; worker thread only)."""
         fe = self._frames.get(step)
         if fe is None:
-            from ..tracking.windows import FrameEmbedder
+            from ..embedding.windows import FrameEmbedder
 
             fe = self._frames[step] = FrameEmbedder(self._inner, step)
         return fe

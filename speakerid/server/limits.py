@@ -7,7 +7,7 @@ that the client reads a clean 413 instead of a broken connection.
 
 Seconds per file (``--max-audio-seconds``): from the header before anything is decoded where
 libsndfile can tell it, and in any case while decoding: the server makes it the process's
-decode limit (:func:`speakerid.audio.set_decode_limit`), so every decode, whole or streamed,
+decode limit (:func:`speakerid.audio.decode.set_decode_limit`), so every decode, whole or streamed,
 in any thread, stops where the audio crosses it (WebM or streamed MP3 carry no length).
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 
-from ..audio import AudioBytes, DecodeLimit
+from ..audio.decode import AudioBytes, DecodeLimit
 from ..errors import LimitExceededError
 from .problems import BODY_TOO_LARGE, problem
 
@@ -122,7 +122,7 @@ def check_length(source: AudioBytes, max_seconds: float) -> None:
     spends seconds of VAD and embeddings on the part below it."""
     if probe_seconds(source.data) is not None:
         return  # check_sources has compared it already
-    from ..tracking.stream import stream_audio
+    from ..audio.stream import stream_audio
 
     for _ in stream_audio(source, audio_limit(max_seconds)):
         pass

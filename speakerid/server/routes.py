@@ -1,6 +1,6 @@
 """The HTTP API (``/v1``): each route reads its uploads, checks limits, and calls the same
-:class:`~speakerid.service.SpeakerID` method as the CLI, in a worker thread; the answer is the
-result's ``to_dict()``, i.e. the CLI's ``--json`` contract."""
+:class:`~speakerid.service.facade.SpeakerID` method as the CLI, in a worker thread; the answer is
+the result's ``to_dict()``, i.e. the CLI's ``--json`` contract."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from ..audio import AudioBytes
+from ..audio.decode import AudioBytes
+from ..audio.quality import MIN_SPEECH_SECONDS
 from ..errors import InvalidInputError, NotReadyError
-from ..quality import MIN_SPEECH_SECONDS
 from . import schemas as S
 from .auth import require
 from .limits import check_length, check_sources

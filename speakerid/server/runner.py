@@ -70,7 +70,7 @@ def _shared_openness(settings: ServerSettings, keys: int):
 
 def stored_keys(db: str | None) -> int:
     """How many API keys the registry holds (0 when it does not exist yet; nothing created)."""
-    from ..service import SpeakerID
+    from ..service.facade import SpeakerID
 
     sid = SpeakerID(db=db)
     if not sid.location.exists():  # a SQLite file, or a server database with the schema
@@ -118,7 +118,7 @@ def _graceful_signals():
 
 def run(settings: ServerSettings, log_level: str = "info") -> None:
     """Serve until SIGTERM/SIGINT. Raises the library's typed errors before serving."""
-    from ..runtime import check_configured
+    from ..embedding.runtime import check_configured
     from .app import ServerState, create_app
 
     check_configured(settings.device)  # impossible numerics: refused before binding or forking

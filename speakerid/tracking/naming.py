@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioClip, AudioSource
+from ..audio.decode import SAMPLE_RATE, AudioClip, AudioSource
+from ..embedding.windows import Analysis, Span, read_spans
 from . import cluster
-from .windows import Analysis, Span, read_spans
 
 #: Most speech per voice embedded for naming (chosen on the dev conversations: at the same
 #: margin 40 s gave far fewer false names than 20 s; docs/tracking.md).

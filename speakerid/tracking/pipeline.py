@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioSource
+from ..audio.decode import SAMPLE_RATE, AudioSource
+from ..embedding.windows import FRAME_STEP, Analysis, analyse, window_embedder
 from ..errors import InvalidInputError
 from ..results import TrackResult, TrackSegment, TrackSpeaker
 from . import cluster, naming, voices
 from .segments import to_segments
-from .windows import FRAME_STEP, Analysis, analyse, window_embedder
 
 log = logging.getLogger("speakerid")
 

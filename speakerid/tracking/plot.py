@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..plots import _pyplot
 from ..results import TrackResult
+from ..scoring.plots import _pyplot
 
 
 def write_timeline(result: TrackResult, path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE
+from ..audio.decode import SAMPLE_RATE
 
 #: Pauses shorter than this between two segments of the same voice are bridged (seconds).
 BRIDGE = 0.5

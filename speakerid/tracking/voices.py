@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..embedding.windows import Analysis
 from . import cluster
 from .segments import smooth_labels
-from .windows import Analysis
 
 MAX_EXACT = 1500
 MIN_WINDOWS = 4

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE
+from ..audio.decode import SAMPLE_RATE
 
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 

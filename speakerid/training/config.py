@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..embedding.models.eres2netv2 import ERes2NetV2Config
 from ..errors import InvalidInputError
-from ..models.eres2netv2 import ERes2NetV2Config
 from .data import SPEEDS
 
 #: Progress callback: ``(phase, advance, total)``; phases: decode, init, train, validate.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import AUDIO_EXTENSIONS, SAMPLE_RATE, load_audio, speaker_folders
+from ..audio.decode import AUDIO_EXTENSIONS, SAMPLE_RATE, load_audio, speaker_folders
 from ..errors import AudioError, InvalidInputError
 
 log = logging.getLogger("speakerid")

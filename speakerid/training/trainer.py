@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import weights
+from ..embedding import weights
+from ..embedding.features import fbank, fbank_batch
+from ..embedding.models.eres2netv2 import ERes2NetV2
+from ..embedding.runtime import apply_threads
 from ..errors import SpeakerIDError
-from ..features import fbank, fbank_batch
-from ..metrics import eer
-from ..models.eres2netv2 import ERes2NetV2
-from ..runtime import apply_threads
+from ..scoring.metrics import eer
 from . import data as D
 from .augment import Augmenter
 from .config import (
@@ -60,7 +60,7 @@ VAL_MAX_SECONDS = 10.0
 
 
 def _device(name: str | None) -> torch.device:
-    from ..runtime import resolve_device
+    from ..embedding.runtime import resolve_device
 
     return resolve_device(name)
 
@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None, restart: bool = Fa
     if cfg.half:
         final = {k: v.half() if v.is_floating_point() else v for k, v in final.items()}
     _atomic_save(final, output)
-    from ..models.eres2netv2 import count_parameters
+    from ..embedding.models.eres2netv2 import count_parameters
 
     return TrainResult(
         output=str(output),

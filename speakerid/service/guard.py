@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioClip
-from .segments import to_segments
-from .windows import window_embedder
+from ..audio.decode import SAMPLE_RATE, AudioClip
+from ..embedding.windows import window_embedder
+from ..tracking.segments import to_segments
 
 MIN_SPEECH = 4.0
 MIN_SHARE = 0.2
@@ -121,7 +121,7 @@ def embed_checked(
     ``threshold``: the verification threshold of the model (registry or card). Clips too short
     to check go through ``embed_many`` unchanged (batched as usual). ``speech``: each clip's
     speech segments where the caller's gate already ran the VAD (None entries: run here)."""
-    from ..vad import speech_segments
+    from ..audio.vad import speech_segments
 
     known = list(speech) if speech is not None else [None] * len(clips)
     speech = [sp if sp is not None else speech_segments(c.samples) for c, sp in zip(clips, known)]

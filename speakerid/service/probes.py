@@ -13,15 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import config
-from .binding import ModelBinding
-from .errors import EmptyRegistryError, InvalidInputError
-from .gates import REJECTED_SCORE, check_min_speech, load_probes, with_rejected
-from .quality import MIN_SPEECH_SECONDS
-from .registry.cohort import Cohort
-from .registry.store import check_name
-from .results import Candidate, CompareResult, FileError, IdentifyResult, VerifyResult
-from .thresholds import Thresholds
+from .. import config
+from ..audio.gates import REJECTED_SCORE, check_min_speech, load_probes, with_rejected
+from ..audio.quality import MIN_SPEECH_SECONDS
+from ..errors import EmptyRegistryError, InvalidInputError
+from ..registry.binding import ModelBinding
+from ..registry.cohort import Cohort
+from ..registry.store import check_name
+from ..registry.thresholds import Thresholds
+from ..results import Candidate, CompareResult, FileError, IdentifyResult, VerifyResult
 
 Progress = Callable[[int], None]
 
@@ -133,7 +133,7 @@ class Probes:
 
     def _asnorm_candidates(self, q: np.ndarray, cands, top_k: int):
         """Re-rank raw candidates by AS-Norm, the same rule as ``verify`` (scoring.py)."""
-        from .scoring import registry_asnorm
+        from ..scoring.scores import registry_asnorm
 
         cohort = self._cohort()
         # a candidate the cohort lacks was removed (or renamed) after the search: not a speaker
@@ -171,7 +171,7 @@ class Probes:
             )
         score = _cosine(voiceprint, emb.vector)
         if asnorm:
-            from .scoring import registry_asnorm
+            from ..scoring.scores import registry_asnorm
 
             c = self._cohort()  # the speaker removed since its voiceprint was read: a 404
             score = float(
@@ -207,7 +207,7 @@ class Probes:
         """Embeddings and multi-speaker checks (``tracking.guard``) of decoded probes, with
         the speech segments their gate found. The guard compares cosines: with AS-Norm scores
         it uses the raw threshold, not ``threshold``."""
-        from .tracking.guard import embed_checked
+        from .guard import embed_checked
 
         raw = self.thresholds.resolve()[0] if asnorm else threshold
         return embed_checked(self.bound.embedder, clips, raw, on_progress, speech)

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import cache_dir
-from .errors import ModelError, OnnxUnavailableError
+from ..config import cache_dir
+from ..errors import ModelError, OnnxUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models.eres2netv2 import ERes2NetV2
@@ -80,7 +80,7 @@ def frames_paths(sha256: str) -> tuple[Path, Path]:
 
 
 def _default_threads() -> int:
-    from .config import default_threads
+    from ..config import default_threads
 
     return default_threads()
 
@@ -263,7 +263,7 @@ class OnnxNetwork:
     ) -> None:
         """``keep_optimized``: keep ONNX Runtime's optimized graph beside ``path`` and start
         from it next time (``ort_session``: ~40 % less session start-up; cache entries)."""
-        from .ort_session import open_session
+        from ..audio.ort_session import open_session
 
         _require("onnxruntime")
         path = Path(path)

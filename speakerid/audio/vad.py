@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VadUnavailableError
+from ..errors import VadUnavailableError
 
 log = logging.getLogger("speakerid")
 
@@ -68,7 +68,7 @@ def _session():
         raise VadUnavailableError(
             "the Silero VAD needs onnxruntime: pip install onnxruntime"
         ) from None
-    from .config import cache_dir
+    from ..config import cache_dir
     from .ort_session import open_session
 
     try:  # its optimized graph cached with the model exports (half the start-up time)

@@ -4,12 +4,12 @@ Decoders: libsndfile first (WAV/FLAC/OGG/Opus/MP3, exact and fast), then FFmpeg 
 everything else phones and browsers record (m4a/AAC, WebM/Opus, MP4, Matroska, WMA, ...). PyAV
 is imported only when libsndfile cannot read the data.
 
-Rules (documented in the README), the same for both decoders:
+Rules (documented in docs/cli.md, "Audio"), the same for both decoders:
 - integer PCM is scaled by its full-scale value (int16 / 32768), exactly as the official pipeline;
 - multi-channel audio is downmixed by averaging the channels (no channel selection);
 - any other sample rate is resampled to 16 kHz with torchaudio's default resampler (windowed
-  sinc, ``torchaudio.functional.resample``), restated in numpy (``speakerid.resample``) so that
-  loading audio never imports torch;
+  sinc, ``torchaudio.functional.resample``), restated in numpy (``speakerid.audio.resample``) so
+  that loading audio never imports torch;
 - audio shorter than ``MIN_SECONDS``, empty, containing NaN/inf, or all-silent (peak below
   ``SILENCE_PEAK``, i.e. -80 dBFS) is refused with a typed error;
 - audio longer than the decode limit (:func:`decode_limit`) is refused with
@@ -33,7 +33,7 @@ from typing import Union
 import numpy as np
 import soundfile as sf
 
-from .errors import (
+from ..errors import (
     AudioDecodeError,
     AudioFileNotFoundError,
     AudioTooShortError,
@@ -105,7 +105,7 @@ def decode_limit(streamed: bool = False) -> DecodeLimit:
     memory stays bounded, only time grows)."""
     if _process_limit is not None:
         return _process_limit
-    from . import config
+    from .. import config
 
     if streamed:
         seconds, env, who = config.max_track_seconds(), config.ENV_MAX_TRACK_SECONDS, "track"
@@ -385,7 +385,7 @@ def expand_sources(
     """Command-line inputs as sources: a directory gives the audio files under it (recursive,
     sorted), ``"-"`` the bytes of standard input (named ``"-"``, at most once); anything else
     stays a path, so that a missing file is reported for that file only."""
-    from .errors import InvalidInputError
+    from ..errors import InvalidInputError
 
     if sum(str(i) == "-" for i in items) > 1:
         raise InvalidInputError("'-' (standard input) can be given only once")
@@ -410,7 +410,7 @@ def expand_sources(
 
 def speaker_folders(root: Path) -> dict[str, list[Path]]:
     """``{speaker: sorted audio files}`` for each sub-folder of ``root`` that holds audio."""
-    from .errors import InvalidInputError
+    from ..errors import InvalidInputError
 
     if not root.is_dir():
         raise InvalidInputError(f"{root}: not a directory")

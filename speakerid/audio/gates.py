@@ -1,6 +1,6 @@
 """Speech gates of the service: what audio is good enough to enroll, and to be scored at all.
 
-One rule for both sides, on net speech measured by the Silero VAD (``speakerid.vad``):
+One rule for both sides, on net speech measured by the Silero VAD (``speakerid.audio.vad``):
 - an enrollment file with less than ``min_speech`` seconds of speech is refused (``force``
   overrides), clipping and low SNR give warnings (``enrollment_gate``);
 - a probe (``verify``, ``identify``, ``compare``) with less than ``min_speech`` seconds is
@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .audio import MIN_SECONDS, SAMPLE_RATE, AudioClip, file_sha256, load_audio, source_name
-from .errors import AudioError, AudioQualityError, DuplicateEnrollmentError, InvalidInputError
-from .results import FileError, IdentifyResult
+from ..errors import AudioError, AudioQualityError, DuplicateEnrollmentError, InvalidInputError
+from ..results import FileError, IdentifyResult
+from .decode import MIN_SECONDS, SAMPLE_RATE, AudioClip, file_sha256, load_audio, source_name
 
 T = TypeVar("T")
 

@@ -1,12 +1,12 @@
 """Long recordings in bounded memory: decode a file block by block as 16 kHz mono float32.
 
-The same decoders and rules as :func:`speakerid.audio.load_audio` (libsndfile first, then FFmpeg
-through PyAV; int16 / 32768; channels averaged; other rates resampled with torchaudio's default
-sinc resampler, restated in numpy by ``speakerid.resample``), but the file is never held
-decoded as a whole: an hour of 48 kHz stereo would be 1.4 GB of float32. Resampling runs on
-overlapping slices whose start is aligned to the rate ratio, so the stitched output equals
-resampling the whole signal at once (the kernel only reads a few dozen input samples on each
-side; we keep ``_MARGIN`` of context).
+The same decoders and rules as :func:`speakerid.audio.decode.load_audio` (libsndfile first, then
+FFmpeg through PyAV; int16 / 32768; channels averaged; other rates resampled with torchaudio's
+default sinc resampler, restated in numpy by ``speakerid.audio.resample``), but the file is
+never held decoded as a whole: an hour of 48 kHz stereo would be 1.4 GB of float32. Resampling
+runs on overlapping slices whose start is aligned to the rate ratio, so the stitched output
+equals resampling the whole signal at once (the kernel only reads a few dozen input samples on
+each side; we keep ``_MARGIN`` of context).
 """
 
 from __future__ import annotations
@@ -19,15 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import (
-    SAMPLE_RATE,
-    SILENCE_PEAK,
-    AudioBytes,
-    AudioSource,
-    DecodeLimit,
-    decode_limit,
-    source_name,
-)
 from ..errors import (
     AudioDecodeError,
     AudioFileNotFoundError,
@@ -35,6 +26,15 @@ from ..errors import (
     EmptyAudioError,
     InvalidSamplesError,
     SilentAudioError,
+)
+from .decode import (
+    SAMPLE_RATE,
+    SILENCE_PEAK,
+    AudioBytes,
+    AudioSource,
+    DecodeLimit,
+    decode_limit,
+    source_name,
 )
 
 #: Native frames decoded per step (about 10 s at 48 kHz).
@@ -57,7 +57,7 @@ class Resampler:
         self.emitted = 0  # output samples returned
 
     def _resample(self, x: np.ndarray) -> np.ndarray:
-        from ..resample import resample  # torchaudio's resampler without torch
+        from .resample import resample  # torchaudio's resampler without torch
 
         return resample(x, self.rate, SAMPLE_RATE)
 
@@ -147,7 +147,7 @@ def _native_ffmpeg(fh, name: str) -> Iterator[tuple[np.ndarray, int]]:
     """Blocks from FFmpeg (PyAV): the first audio stream, frame by frame."""
     import av
 
-    from ..audio import _frame_samples
+    from .decode import _frame_samples
 
     try:
         container = av.open(fh, mode="r")
@@ -187,8 +187,8 @@ def stream_audio(source: AudioSource, limit: DecodeLimit | None = None) -> Itera
     """16 kHz mono float32 blocks of a file or bytes, checked like ``load_audio``: NaN/inf,
     empty, shorter than 0.5 s and silent audio raise the same typed errors (the last two once
     the whole stream has been read); a stream that crosses ``limit`` (default: the streamed
-    :func:`~speakerid.audio.decode_limit`) raises ``LimitExceededError`` there."""
-    from ..audio import MIN_SECONDS
+    :func:`~speakerid.audio.decode.decode_limit`) raises ``LimitExceededError`` there."""
+    from .decode import MIN_SECONDS
 
     limit = limit or decode_limit(streamed=True)
     fh, name = _open_bytes(source)

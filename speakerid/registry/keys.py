@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from .errors import InvalidInputError, KeyExistsError, KeyNotFoundError
-from .registry.schema import ApiKey, utcnow
-from .registry.store import Registry, check_name
-from .results import _iso
+from ..errors import InvalidInputError, KeyExistsError, KeyNotFoundError
+from ..results import _iso
+from .schema import ApiKey, utcnow
+from .store import Registry, check_name
 
 SCOPES = ("read", "write", "admin")
 #: Every secret starts with this, so that leaked keys are easy to recognise (secret scanners).

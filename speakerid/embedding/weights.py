@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import cache_dir, models_dir
-from .errors import (
+from ..config import cache_dir, models_dir
+from ..errors import (
     ChecksumMismatchError,
     DownloadError,
     InvalidCheckpointError,
@@ -91,7 +91,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 
 
 #: Models shipped inside the package (``speakerid/assets``): usable offline, no download.
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 BUNDLED_MODELS: dict[str, str] = {"demo": "demo-eres2netv2-m16.pt"}
 
 

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .errors import (
+from .. import config
+from ..errors import (
     DeviceError,
     ModelError,
     ModelMismatchError,
     ModelNotInstalledError,
     OnnxUnavailableError,
 )
-from .registry.database import DatabaseURL
-from .registry.store import Registry
+from .database import DatabaseURL
+from .store import Registry
 
 #: Model errors about how to run the network, not about the file: never "if the file moved".
 RUN_ERRORS = (DeviceError, OnnxUnavailableError)
@@ -90,7 +90,7 @@ class ModelBinding:
     def registry_free(self) -> None:
         """For work that stores nothing (compare, evaluate): when a model other than the
         registry's is requested, use it with its own card threshold instead of refusing."""
-        from . import weights
+        from ..embedding import weights
 
         requested = self.requested
         binding = self.binding()
@@ -104,7 +104,7 @@ class ModelBinding:
         """The embedder: the requested model or the registry's bound one; a requested model
         must have the bound model's sha256."""
         if self._embedder is None:
-            from .embedder import Embedder
+            from ..embedding.embedder import Embedder
 
             binding = self.binding()
             requested = self.requested
@@ -152,7 +152,7 @@ class ModelBinding:
         ``vector_files.Provenance``) is the model that made them, which must also be the
         requested one; without it the requested model is assumed, else the bound one (the
         caller vouches). Refusals happen before anything is written."""
-        from . import weights
+        from ..embedding import weights
 
         requested = self.requested
         binding = self.binding()

@@ -1,6 +1,6 @@
 """Recording quality: net speech (Silero VAD), clipping ratio and an energy-based SNR estimate.
 
-Speech seconds and silence trimming come from the Silero VAD (``speakerid.vad``): a neural
+Speech seconds and silence trimming come from the Silero VAD (``speakerid.audio.vad``): a neural
 detector that, unlike an energy threshold, does not count noise, music or tones as speech, so a
 recording of noise has no speech and is refused at enrollment and as a probe. Trimming keeps
 ``TRIM_PAD_MS`` of context around each speech segment.

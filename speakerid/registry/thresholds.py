@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import config
+from .. import config
+from ..errors import InvalidInputError
 from .binding import ModelBinding
-from .errors import InvalidInputError
 
 
 class Thresholds:
@@ -59,7 +59,7 @@ class Thresholds:
 
     def model_card(self, binding=None) -> tuple[float, str] | None:
         """The threshold from the card of the bound (or else requested/default) model."""
-        from . import weights
+        from ..embedding import weights
 
         binding = binding or self.bound.binding()
         if binding is not None:

@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from . import vector_files
-from .audio import SAMPLE_RATE, AudioClip, load_audio
-from .binding import ModelBinding
-from .errors import AudioQualityError, InvalidInputError, SpeakerExistsError
-from .gates import check_min_speech, gated_files, split_enrolled, trimmed
-from .quality import MIN_SPEECH_SECONDS
-from .registry.store import NewUtterance, check_name
-from .results import EnrollResult, TrackResult
-from .thresholds import Thresholds
-from .vector_files import Provenance
+from ..audio.decode import SAMPLE_RATE, AudioClip, load_audio
+from ..audio.gates import check_min_speech, gated_files, split_enrolled, trimmed
+from ..audio.quality import MIN_SPEECH_SECONDS
+from ..errors import AudioQualityError, InvalidInputError, SpeakerExistsError
+from ..registry import vector_files
+from ..registry.binding import ModelBinding
+from ..registry.store import NewUtterance, check_name
+from ..registry.thresholds import Thresholds
+from ..registry.vector_files import Provenance
+from ..results import EnrollResult, TrackResult
 
 Progress = Callable[[int], None]
 
@@ -98,7 +98,7 @@ class Enrollment:
         min_speech: float = MIN_SPEECH_SECONDS,
     ) -> tuple[list[EnrollResult], list[str]]:
         """See ``SpeakerID.enroll_dir``."""
-        from .audio import speaker_folders
+        from ..audio.decode import speaker_folders
 
         root = Path(directory)
         folders = speaker_folders(root)
@@ -209,7 +209,7 @@ class Enrollment:
 
     def _identity(self, model: str | os.PathLike, dim: int) -> Provenance:
         """The provenance of vectors that ``model`` made, learned without loading it."""
-        from . import weights
+        from ..embedding import weights
 
         ident = weights.identity(model, self.bound.download_progress)
         return Provenance(ident.name, ident.ref, ident.sha256, dim)
@@ -225,7 +225,7 @@ class Enrollment:
         min_speech: float = MIN_SPEECH_SECONDS,
     ) -> EnrollResult:
         """See ``SpeakerID.enroll_voice``."""
-        from .tracking.windows import read_spans
+        from ..embedding.windows import read_spans
 
         unknown = [s.speaker for s in result.speakers if not s.enrolled]
         if voice not in unknown:
@@ -260,7 +260,7 @@ class Enrollment:
         """Embeddings of enrollment clips; a recording in which a second voice speaks for a
         significant share is refused (``tracking.guard``) unless ``force``, or with ``errors``
         reported there and left out. ``speech``: the clips' segments where the gate has them."""
-        from .tracking.guard import embed_checked
+        from .guard import embed_checked
 
         threshold = self.thresholds.resolve()[0]
         embs, checks = embed_checked(self.bound.embedder, clips, threshold, on_progress, speech)

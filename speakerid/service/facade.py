@@ -16,17 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from . import config
-from .binding import ModelBinding
-from .enrollment import Enrollment
-from .errors import EmptyRegistryError, InvalidInputError
-from .gates import each_file
-from .probes import Probes
-from .quality import MIN_SPEECH_SECONDS
-from .registry.database import DatabaseURL
-from .registry.index import VectorIndex
-from .registry.store import Registry
-from .results import (
+from .. import config
+from ..audio.gates import each_file
+from ..audio.quality import MIN_SPEECH_SECONDS
+from ..errors import EmptyRegistryError, InvalidInputError
+from ..registry.binding import ModelBinding
+from ..registry.database import DatabaseURL
+from ..registry.index import VectorIndex
+from ..registry.store import Registry
+from ..registry.thresholds import Thresholds
+from ..results import (
     CompareResult,
     CopyResult,
     EnrollResult,
@@ -39,7 +38,8 @@ from .results import (
     TrackResult,
     VerifyResult,
 )
-from .thresholds import Thresholds
+from .enrollment import Enrollment
+from .probes import Probes
 
 Progress = Callable[[int], None]
 
@@ -232,7 +232,7 @@ class SpeakerID:
         registry bound to another model than the one asked for lends no names. Files stream
         through in bounded memory; ``on_progress(seconds)`` counts each file's duration twice
         (speech detection, then embedding). ``fail_fast`` as in ``identify_many``."""
-        from .tracking.pipeline import check_counts, track
+        from ..tracking.pipeline import check_counts, track
 
         check_counts(num_speakers, max_speakers)
         self.registry_free()
@@ -365,8 +365,9 @@ class SpeakerID:
         self.registry.rename(old, new)
 
     def export(self, directory: str | os.PathLike) -> dict[str, Any]:
-        """Write a lossless backup folder (see :mod:`speakerid.backup`); never loads the model."""
-        from .backup import write_backup
+        """Write a lossless backup folder (see :mod:`speakerid.registry.backup`); never loads
+        the model."""
+        from ..registry.backup import write_backup
 
         return write_backup(self.registry, directory)
 
@@ -376,7 +377,7 @@ class SpeakerID:
         ``on_conflict``: ``"error"`` (speakers already present refuse the import), ``"skip"``
         (keep them) or ``"replace"`` (overwrite them with the backup's).
         """
-        from .backup import restore_backup
+        from ..registry.backup import restore_backup
 
         return restore_backup(self._writable_registry, directory, on_conflict)
 
@@ -411,9 +412,9 @@ class SpeakerID:
         self._bound.wrap_embedder(wrap)
 
     def api_keys(self, create: bool = False):
-        """The registry's API keys (:class:`speakerid.keys.KeyStore`); ``create`` makes a
+        """The registry's API keys (:class:`speakerid.registry.keys.KeyStore`); ``create`` makes a
         missing registry (a key may be created before any speaker)."""
-        from .keys import KeyStore
+        from ..registry.keys import KeyStore
 
         return KeyStore(self._writable_registry() if create else self.registry)
 

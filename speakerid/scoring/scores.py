@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import SpeakerNotFoundError
+from ..errors import SpeakerNotFoundError
 
 DEFAULT_TOP_N = 100
 

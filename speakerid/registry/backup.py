@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, config
-from .errors import BackupError, EmptyRegistryError, InvalidInputError, InvalidNameError
-from .registry.schema import utcnow
-from .registry.snapshot import BindingRecord, SpeakerRecord, UtteranceRecord
-from .registry.store import Registry, check_name
-from .registry.vectors import unit
-from .results import RestoreResult
+from .. import __version__, config
+from ..errors import BackupError, EmptyRegistryError, InvalidInputError, InvalidNameError
+from ..results import RestoreResult
+from .schema import utcnow
+from .snapshot import BindingRecord, SpeakerRecord, UtteranceRecord
+from .store import Registry, check_name
 from .vector_files import Provenance, npy_bytes, provenance_json, sidecar
+from .vectors import unit
 
 log = logging.getLogger("speakerid")
 

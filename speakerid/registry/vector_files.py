@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelMismatchError
+from ..errors import InvalidInputError, ModelMismatchError
 
 FORMAT = "speakerid-embedding"
 VERSION = 1
@@ -74,7 +74,7 @@ def provenance_json(
     data: bytes, shape: Sequence[int], model: Provenance, source: dict[str, Any] | None = None
 ) -> bytes:
     """The sidecar of the ``.npy`` file ``data`` (its bytes) made by ``model``."""
-    from . import __version__
+    from .. import __version__
 
     doc: dict[str, Any] = {
         "format": FORMAT,

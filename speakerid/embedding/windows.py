@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioSource
+from ..audio.decode import SAMPLE_RATE, AudioSource
 
 WINDOW_SECONDS = 1.5
 HOP_SECONDS = 0.75
@@ -135,7 +135,7 @@ class FrameEmbedder:
         """float32 ``[T, 80]`` Kaldi fbank without the mean subtraction, by the front end of
         the backend (numpy for ONNX Runtime, torchaudio for PyTorch)."""
         if self.network is not None:
-            from ..features import fbank_numpy
+            from .features import fbank_numpy
 
             return fbank_numpy(samples, subtract_mean=False)
         return raw_fbank(samples).numpy()
@@ -165,7 +165,7 @@ class FrameEmbedder:
 
     def project(self, stats: np.ndarray) -> np.ndarray:
         """The model's embedding layer(s) on pooled statistics ``[n, 2 * channels * bands]``."""
-        from ..embedder import normalize
+        from .embedder import normalize
 
         if self.network is not None:
             return normalize(self.network.project(stats))
@@ -230,7 +230,7 @@ class FrameEmbedder:
         """A decoded clip's embedding (the embedder's rule: pieces of at most 60 s, averaged)
         and the embeddings of windows laid inside its ``speech``, from the same trunk frames
         -> (Embedding, vectors ``[n, dim]``, window spans ``[n, 2]`` in samples)."""
-        from ..embedder import Embedding, normalize, segments
+        from .embedder import Embedding, normalize, segments
 
         vecs, xs, ws = [], [], []
         offset = 0
@@ -260,7 +260,7 @@ def raw_fbank(samples: np.ndarray):
     import torch
     import torchaudio.compliance.kaldi as kaldi
 
-    from .. import features as ft
+    from . import features as ft
 
     return kaldi.fbank(
         torch.as_tensor(samples, dtype=torch.float32).reshape(1, -1),
@@ -283,9 +283,9 @@ def speech_segments(
 
     fbank sums are kept per ``_BIN`` samples (5 KB per minute), so the mean over exactly the
     speech segments is known once the VAD has decided them."""
-    from ..features import fbank_numpy
-    from ..vad import VadStream, segments_from_probs
-    from .stream import stream_audio
+    from ..audio.stream import stream_audio
+    from ..audio.vad import VadStream, segments_from_probs
+    from .features import fbank_numpy
 
     fbank = fbank or (lambda x: fbank_numpy(x, subtract_mean=False))
     vad = VadStream()
@@ -327,7 +327,7 @@ def speech_segments(
 
 def _speech_runs(source: AudioSource, runs: list[list[Span]]) -> Iterator[np.ndarray]:
     """Pass 2: the concatenated samples of each run of segments, in order, streamed."""
-    from .stream import stream_audio
+    from ..audio.stream import stream_audio
 
     buf = np.zeros(0, np.float32)
     buf_start = 0
@@ -356,7 +356,7 @@ def analyse(
 
     ``on_progress(seconds)`` counts the file's duration twice: once for speech detection,
     once for embedding (only speech is embedded)."""
-    from ..audio import source_name
+    from ..audio.decode import source_name
 
     segments, n, mean = speech_segments(source, on_progress, frame_embedder.raw_fbank)
     runs = blocks(segments)  # windows are laid inside the (cut) pieces, never across them
@@ -392,7 +392,7 @@ def analyse(
 def read_spans(source: AudioSource, spans: list[Span]) -> list[np.ndarray]:
     """The samples of each ``[start, end)`` span of a streamed file (any order, overlaps
     allowed), holding only what the spans still need."""
-    from .stream import stream_audio
+    from ..audio.stream import stream_audio
 
     order = sorted(range(len(spans)), key=lambda i: spans[i][0])
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(spans)

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import weights
-from .audio import SAMPLE_RATE, AudioClip, AudioSource, load_audio
-from .config import (
+from ..audio.decode import SAMPLE_RATE, AudioClip, AudioSource, load_audio
+from ..config import (
     check_backend,
     check_precision,
     default_backend,
@@ -33,7 +32,8 @@ from .config import (
     default_model,
     default_precision,
 )
-from .errors import AudioError, OnnxUnavailableError
+from ..errors import AudioError, OnnxUnavailableError
+from . import weights
 from .features import fbank_numpy
 from .runtime import (
     apply_threads,

@@ -12,7 +12,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .metrics import det_curve, eer
 
 AXIS = (5e-4, 0.6)  # DET axis range (rates)

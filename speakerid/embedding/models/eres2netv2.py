@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidCheckpointError
+from ...errors import InvalidCheckpointError
 
 
 @dataclass(frozen=True)

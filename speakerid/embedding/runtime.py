@@ -15,7 +15,7 @@ import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .config import (
+from ..config import (
     default_backend,
     default_compile,
     default_device,
@@ -23,7 +23,7 @@ from .config import (
     default_threads,
     parse_threads,
 )
-from .errors import DeviceError
+from ..errors import DeviceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 LABELS = {"1": True, "target": True, "0": False, "nontarget": False}
 MAX_TARGETS = 1_000_000

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import speaker_folders
+from ..audio.decode import speaker_folders
 from .metrics import eer, min_dcf, threshold_at_far
-from .scoring import DEFAULT_TOP_N, asnorm_scores, pair_scores
+from .scores import DEFAULT_TOP_N, asnorm_scores, pair_scores
 from .trials import (
     MAX_NONTARGETS,
     MAX_TARGETS,
@@ -53,8 +53,8 @@ class EmbeddingCache:
 
     def _prepare(self, clip):
         """VAD trimming / cropping of one decoded clip (runs on the decoding thread)."""
-        from .audio import AudioClip
-        from .quality import trim_silence
+        from ..audio.decode import AudioClip
+        from ..audio.quality import trim_silence
 
         samples = clip.samples
         if self.vad:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from ..audio.decode import SAMPLE_RATE
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
