@@ -193,3 +193,30 @@ def test_info_ends_with_a_newline(cli, tmp_path):
     assert out.endswith("\n") and not out.endswith("\n\n")
     assert out.splitlines()[-1].startswith("backend")
     assert json.loads(cli("info", "--json", model=False).stdout)["speakers"] == 1
+
+
+def _cli_modules(*argv: str) -> tuple[list[str], str]:
+    code = (
+        "import sys; from speakerid.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('speakerid.cli.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+    )
+    *shown, loaded = out.stdout.strip().splitlines()
+    return eval(loaded), "\n".join(shown)  # noqa: S307 (our own printed list)
+
+
+def test_a_command_line_builds_only_the_command_it_runs():
+    """One-shot latency (issue 21): `speakerid verify` builds one command's parser, not ~25."""
+    loaded, shown = _cli_modules("verify", "--help")
+    assert loaded == ["speakerid.cli.common", "speakerid.cli.registry_cmd"]
+    assert "Usage: speakerid verify [OPTIONS] {name} {files}..." in shown
+    loaded, shown = _cli_modules("--help")  # no command: the whole app, every command listed
+    assert "speakerid.cli.eval_cmd" in loaded and "speakerid.cli.serve_cmd" in loaded
+    for name in ("enroll-dir", "import-embeddings", "calibrate", "serve", "keys", "registry"):
+        assert f" {name} " in shown, name
+    loaded, shown = _cli_modules("index", "--help")  # a group is built alone too
+    assert loaded == ["speakerid.cli.common", "speakerid.cli.manage_cmd"]
+    assert "check" in shown and "rebuild" in shown
