@@ -34,17 +34,19 @@ DEV = SHARED / "datasets" / "speechocean762-dev"
 ASSET = SHARED / "models" / "eres2netv2-m32-so762.pt"
 
 
-def timed(cmd: list[str], env: dict, repeat: int, ok: tuple[int, ...]) -> tuple[float, float]:
-    """Median and min wall seconds of ``cmd`` over ``repeat`` runs (after one warm-up run)."""
-    runs = []
+def timed_interleaved(cases: list, repeat: int) -> dict[str, tuple[float, float]]:
+    """Median and min wall seconds of every case, run in ``repeat`` interleaved rounds (after
+    a warm-up round): a slow moment of a shared machine then hits every command alike."""
+    runs: dict[str, list[float]] = {label: [] for label, *_ in cases}
     for i in range(repeat + 1):
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True)
-        if i:
-            runs.append(time.perf_counter() - t0)
-        if proc.returncode not in ok:
-            raise SystemExit(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
-    return statistics.median(runs), min(runs)
+        for label, cmd, env, ok in cases:
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True)
+            if i:
+                runs[label].append(time.perf_counter() - t0)
+            if proc.returncode not in ok:
+                raise SystemExit(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return {k: (statistics.median(v), min(v)) for k, v in runs.items()}
 
 
 def main() -> int:
@@ -54,6 +56,11 @@ def main() -> int:
         "--no-bytecode",
         action="store_true",
         help="keep PYTHONDONTWRITEBYTECODE (a checkout then compiles speakerid on every run)",
+    )
+    ap.add_argument(
+        "--baseline-src",
+        help="another checkout (e.g. `git worktree add /tmp/before REV`): its `verify` is timed "
+        "in the same rounds, side by side",
     )
     args = ap.parse_args()
     with open(DEV / "manifest.csv") as f:
@@ -102,17 +109,33 @@ def main() -> int:
                 (0, 1),
             ),
         ]
+        if args.baseline_src:
+            cases.append(
+                (
+                    "baseline tree: speakerid verify alice 3s.wav",
+                    [*sid, "verify", "alice", claim],
+                    (0, 1),
+                )
+            )
         bytecode = "off" if args.no_bytecode else "on"
-        print(f"load average {os.getloadavg()[0]:.2f}, bytecode {bytecode}")
+        print(f"load average {os.getloadavg()[0]:.2f}, bytecode {bytecode}, interleaved rounds")
         print(f"{'command':48s} {'median s':>9s} {'min s':>7s}")
-        medians = {}
+        runs = []
         for label, cmd, ok in cases:
             run_env = dict(env, SPEAKERID_BACKEND="torch") if label.startswith("SPEAKERID") else env
-            med, best = timed(cmd, run_env, args.repeat, ok)
-            medians[label] = med
+            if label.startswith("baseline tree"):
+                run_env = dict(env, PYTHONPATH=str(Path(args.baseline_src).resolve()))
+            runs.append((label, cmd, run_env, ok))
+        times = timed_interleaved(runs, args.repeat)
+        medians = {label: med for label, (med, _) in times.items()}
+        for label, (med, best) in times.items():
             print(f"{label:48s} {med:9.3f} {best:7.3f}")
-        ratio = medians["speakerid verify alice 3s.wav"] / medians[cases[1][0]]
+        torch_s = medians[cases[1][0]]
+        ratio = medians["speakerid verify alice 3s.wav"] / torch_s
         print(f"verify / import torch, torchaudio: {ratio:.2f} (goal: below 0.5)")
+        if args.baseline_src:
+            before = medians["baseline tree: speakerid verify alice 3s.wav"] / torch_s
+            print(f"baseline tree's verify / import torch, torchaudio: {before:.2f}")
         probe = (
             f"import sys, runpy; sys.argv = ['speakerid', 'verify', 'alice', {claim!r}]\n"
             "try:\n    runpy.run_module('speakerid', run_name='__main__')\n"
