@@ -66,6 +66,12 @@ SCORE_ATOL = 2 * float(np.sqrt(2 * (1 - COSINE_SAME)))
 #: Masking errors in padded batches move outputs by > 3 % (tests/test_embedder.py).
 NETWORK_RTOL = 1.2e-4
 
+#: The norm of an L2-normalized float32 embedding: each of its 192 components carries <= 2 u
+#: relative error from the division, and a float32 norm of 192 squares adds <= log2(192) u
+#: (pairwise sums): |norm - 1| <= ~10 u = 6e-7 at worst; allowed 2e-6. An unnormalized
+#: embedding is off by far more (raw norms are ~1-20).
+NORM_ATOL = 2e-6
+
 # --- resampling ------------------------------------------------------------------------------
 #: torchaudio builds its windowed-sinc kernel in float32, at arguments up to 6 pi ~ 19 (ulp
 #: 1.9e-6 relative per weight), over ~13 taps weighted by |x| <= 0.6: ~1.5e-5; the convolution's

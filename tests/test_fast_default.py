@@ -25,7 +25,7 @@ from speakerid.embedding.embedder import Embedder
 from speakerid.embedding.features import fbank_numpy
 from speakerid.embedding.runtime import choose_backend
 
-from .budgets import COSINE_SAME, RESAMPLE_ATOL, within_fbank_budget
+from .budgets import COSINE_SAME, NORM_ATOL, RESAMPLE_ATOL, within_fbank_budget
 from .conftest import CLIPS, ROOT, VOICE_CLIPS, real_speech, wav_bytes
 
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_without_onnxruntime_the_default_falls_back_to_pytorch_with_one_log_line
     ]
     assert caplog.records[0].levelno == logging.WARNING
     clip = load_audio(wav_bytes(real_speech(0)))
-    assert abs(float(np.linalg.norm(emb.embed(clip).vector)) - 1.0) < 1e-5
+    assert abs(float(np.linalg.norm(emb.embed(clip).vector)) - 1.0) < NORM_ATOL
 
 
 def test_without_the_exporter_a_new_model_falls_back_and_a_cached_one_needs_none(
