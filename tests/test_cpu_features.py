@@ -33,6 +33,7 @@ LINE = (
 def avx2_only(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: AVX2_ONLY)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
 
 
 def test_flags_come_from_the_kernel_on_x86():
@@ -88,6 +89,7 @@ def test_an_onednn_isa_limit_below_avx512_is_refused_too(monkeypatch):
 
 def test_other_architectures_ask_pytorch(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: None)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(runtime, "_torch_bf16_supported", lambda: False)
     with pytest.raises(errors.DeviceError, match="precision bf16 is not supported by this CPU"):
         check_cpu_bf16()

@@ -50,7 +50,18 @@ needs_cpu_bf16 = pytest.mark.skipif(
         ("torch", "bf16", True, False, "torch"),
     ],
 )
-def test_precision_and_compile_pick_their_backend(requested, precision, compile, on_cpu, want):
+def test_precision_and_compile_pick_their_backend(
+    requested, precision, compile, on_cpu, want, monkeypatch
+):
+    """Routing alone, on a CPU that can run bf16 (simulated: the refusal on one that cannot is
+    tests/test_cpu_features.py's)."""
+    from speakerid.embedding import runtime
+
+    monkeypatch.setattr(
+        runtime, "cpu_flags", lambda: frozenset({"avx512bw", "avx512vl", "avx512dq"})
+    )
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert route_backend(requested, precision, compile, on_cpu) == want
 
 
