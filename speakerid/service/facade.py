@@ -1,11 +1,11 @@
 """``SpeakerID``: the one facade over embedder + registry that the CLI and Python users call.
 
 It composes one object per job, each with explicit inputs: ``ModelBinding`` (the registry and
-the model bound to it, ``registry/binding.py``), ``Thresholds`` (which threshold
-applies, ``registry/thresholds.py``), ``Enrollment`` (writes, ``enrollment.py``) and ``Probes`` (identify, verify,
-compare, ``probes.py``). Every write embeds (and so validates) all audio first and only then
-touches the registry, so bad input never leaves a half-written registry. Nothing here imports
-torch until audio must be embedded.
+the model bound to it, ``registry/binding.py``), ``Thresholds`` (which threshold applies,
+``registry/thresholds.py``), ``Enrollment`` (writes, ``enrollment.py``) and ``Probes``
+(identify, verify, compare, ``probes.py``). Every write embeds (and so validates) all audio
+first and only then touches the registry, so bad input never leaves a half-written registry.
+Nothing here imports torch until audio must be embedded.
 """
 
 from __future__ import annotations
