@@ -265,3 +265,84 @@ class CopyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# --- live streams (SpeakerID.stream, GET /v1/stream, speakerid listen) ----------------------
+@dataclass(frozen=True)
+class ReadyEvent:
+    """First event of a live stream: what it listens at and names with."""
+
+    sample_rate: int  # of the audio the client sends
+    model: str
+    threshold: float
+    type: str = "ready"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "sample_rate": self.sample_rate,
+            "model": self.model,
+            "threshold": round(self.threshold, 6),
+        }
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """A turn of one voice in a live stream. ``type`` "partial": the provisional answer for
+    the turn in progress (``speaker`` None until there is enough speech to say); "segment":
+    the final answer for a turn that ended (``speaker`` None only when it held too little
+    speech to name). Times are seconds of the stream's own audio."""
+
+    type: str  # "partial" | "segment"
+    start: float
+    end: float
+    speaker: str | None  # registry name, or unknown-1, unknown-2, ... within one stream
+    enrolled: bool
+    score: float | None  # best registry candidate's cosine (None: not scored)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "speaker": self.speaker,
+            "enrolled": self.enrolled,
+            "score": None if self.score is None else round(self.score, 6),
+        }
+
+
+@dataclass(frozen=True)
+class StreamErrorEvent:
+    """Sent before a front closes a live stream for a reason (HTTP-style ``status``)."""
+
+    status: int
+    detail: str
+    type: str = "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "status": self.status, "detail": self.detail}
+
+
+StreamEvent = ReadyEvent | TurnEvent | StreamErrorEvent
+
+
+def event_from_dict(d: dict[str, Any]) -> StreamEvent:
+    """The event a front received as JSON (the client's and ``listen --server``'s view)."""
+    kind = d.get("type")
+    if kind == "ready":
+        return ReadyEvent(int(d["sample_rate"]), str(d["model"]), float(d["threshold"]))
+    if kind in ("partial", "segment"):
+        score = d.get("score")
+        return TurnEvent(
+            kind,
+            float(d["start"]),
+            float(d["end"]),
+            d.get("speaker"),
+            bool(d.get("enrolled")),
+            None if score is None else float(score),
+        )
+    if kind == "error":
+        return StreamErrorEvent(int(d.get("status", 500)), str(d.get("detail", "")))
+    from .errors import ServerError
+
+    raise ServerError(f"not a stream event: {str(d)[:200]}")

@@ -250,6 +250,37 @@ class SpeakerID:
 
         return each_file(answer, files, fail_fast)
 
+    def stream(
+        self,
+        threshold: float | None = None,
+        sample_rate: int = 16000,
+        max_seconds: float | None = None,
+    ):
+        """Who is speaking *now*: a :class:`~speakerid.service.live.LiveStream` that takes PCM
+        chunks of any size (``feed``) and returns events as they happen (``ready``, then
+        ``partial`` answers for the turn in progress and a final ``segment`` per turn, named as
+        ``identify`` would name that audio). Without a registry (or one bound to another model)
+        every voice is unknown. ``max_seconds``: the most audio the stream takes."""
+        from ..audio.decode import SAMPLE_RATE, AudioClip
+        from .live import LiveStream, check_rate
+
+        check_rate(sample_rate)
+        self.registry_free()
+        t, _ = self.threshold(threshold)
+        identify = None
+        if self._bound.binding() is not None and not self.registry.is_empty():
+
+            def identify(vectors):
+                return self.identify_embeddings(vectors, top_k=2, threshold=t)
+
+        embedder = self.embedder
+
+        def embed(samples: np.ndarray) -> np.ndarray:
+            clip = AudioClip(samples, "<stream>", SAMPLE_RATE, 1, "")
+            return embedder.embed_clips([clip])[0].vector
+
+        return LiveStream(embed, identify, t, embedder.name, sample_rate, max_seconds)
+
     def enroll_voice(
         self,
         result: TrackResult,

@@ -1,0 +1,123 @@
+"""``LiveStream``: the one live path every front uses (``SpeakerID.stream``).
+
+It takes PCM chunks of any size at the client's sample rate (float in [-1, 1] or int16),
+resamples them to 16 kHz as files are (``audio.stream.Resampler``), hands them to the tracker
+(``tracking.live``) and returns its events. It enforces the stream's length limit, so that a
+front only translates: the CLI prints the events, the server sends them as JSON and turns the
+typed errors into an ``error`` event and a close code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from ..audio.stream import Resampler
+from ..errors import InvalidInputError, InvalidSamplesError, LimitExceededError
+from ..results import ReadyEvent, StreamEvent, TurnEvent
+from ..tracking.live import Embed, Identify, LiveTracker
+
+log = logging.getLogger("speakerid")
+
+#: Sample rates a stream accepts (telephone to studio).
+MIN_RATE, MAX_RATE = 8000, 192000
+
+
+def check_rate(rate: int) -> int:
+    """A stream's sample rate, validated (one clear error instead of a resampler's)."""
+    if isinstance(rate, bool) or not isinstance(rate, int | np.integer):
+        raise InvalidInputError(f"sample rate must be an integer, got {rate!r}")
+    if not MIN_RATE <= int(rate) <= MAX_RATE:
+        raise InvalidInputError(
+            f"sample rate must be between {MIN_RATE} and {MAX_RATE} Hz, got {rate}"
+        )
+    return int(rate)
+
+
+def as_float(chunk) -> np.ndarray:
+    """A chunk as float32 mono samples: int16 PCM is scaled by 1/32768 (as files are), floats
+    must be finite (NaN or inf is refused: it would poison every later embedding)."""
+    x = np.asarray(chunk).reshape(-1)
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / 32768.0
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InvalidSamplesError(f"samples must be int16 or float, got {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if len(x) and not np.isfinite(x).all():
+        raise InvalidSamplesError("samples contain NaN or infinity")
+    return x
+
+
+class LiveStream:
+    """Who is speaking now, in one stream of audio. ``feed(chunk)`` and ``close()`` return
+    events (``ReadyEvent`` first, then ``TurnEvent`` partials and segments); see
+    :mod:`speakerid.tracking.live` for the rules. One stream is fed by one caller at a time
+    (a lock makes concurrent feeds wait, never interleave)."""
+
+    def __init__(
+        self,
+        embed: Embed,
+        identify: Identify | None,
+        threshold: float,
+        model: str,
+        sample_rate: int = 16000,
+        max_seconds: float | None = None,
+    ) -> None:
+        self.sample_rate = check_rate(sample_rate)
+        self.ready = ReadyEvent(self.sample_rate, model, threshold)
+        self.max_seconds = max_seconds
+        self.tracker = LiveTracker(embed, identify, threshold)
+        self._resampler = Resampler(self.sample_rate)
+        self._received = 0  # samples at the client's rate
+        self._started = False
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def seconds(self) -> float:
+        """Audio received so far, in seconds of the stream."""
+        return self._received / self.sample_rate
+
+    def start(self) -> list[StreamEvent]:
+        """The ``ready`` event (once; ``feed`` returns it first when ``start`` was not called)."""
+        if self._started:
+            return []
+        self._started = True
+        return [self.ready]
+
+    def feed(self, chunk) -> list[StreamEvent]:
+        """Events caused by the next chunk of samples (int16 PCM or float in [-1, 1])."""
+        x = as_float(chunk)
+        with self._lock:
+            if self._closed:
+                raise InvalidInputError("the stream is closed")
+            events = self.start()
+            limit = self.max_seconds
+            if limit is not None and (self._received + len(x)) / self.sample_rate > limit:
+                raise LimitExceededError(
+                    f"the stream is longer than its limit of {limit:g} s of audio"
+                )
+            self._received += len(x)
+            events.extend(self.tracker.feed(self._resampler.push(x)))
+            return events
+
+    def close(self) -> list[TurnEvent]:
+        """The final segments of what is left; the stream takes no more audio."""
+        with self._lock:
+            if self._closed:
+                return []
+            self._closed = True
+            events: list = self.start()
+            rest = self._resampler.flush()
+            if len(rest):
+                events.extend(self.tracker.feed(rest))
+            events.extend(self.tracker.close())
+            return events
+
+    def __enter__(self) -> LiveStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
