@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
+
+import numpy as np
 
 from . import __version__, config
 from . import errors as E
@@ -36,11 +39,14 @@ from .results import (
     IdentifyResult,
     RegistryInfo,
     SpeakerInfo,
+    StreamErrorEvent,
+    StreamEvent,
     TrackResult,
     TrackSegment,
     TrackSpeaker,
     UtteranceInfo,
     VerifyResult,
+    event_from_dict,
 )
 
 Progress = Callable[[int], None]
@@ -58,6 +64,10 @@ _BY_STATUS: dict[int, type[E.SpeakerIDError]] = {
     413: E.LimitExceededError,
     503: E.NotReadyError,
 }
+#: A live stream's ``error`` event also says 408: it sent nothing for the idle limit.
+_STREAM_STATUS = {**_BY_STATUS, 408: E.LimitExceededError, 500: E.ServerError}
+#: Seconds the sending thread gets to notice that the stream ended.
+_SENDER_JOIN = 5.0
 
 
 def _build(cls: type, data: dict[str, Any], **override: Any) -> Any:
@@ -86,6 +96,19 @@ def _speaker(d: dict[str, Any]) -> SpeakerInfo:
         d.get("metadata"),
         details,
     )
+
+
+def _pcm16(chunk: Any) -> np.ndarray:
+    """A chunk as the wire's little-endian int16: int16 as it is, floats in [-1, 1] scaled by
+    32768 (as the stream scales int16 back), NaN or infinity refused before anything is sent."""
+    x = np.asarray(chunk).reshape(-1)
+    if x.dtype == np.int16:
+        return x.astype("<i2", copy=False)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise E.InvalidSamplesError(f"samples must be int16 or float, got {x.dtype}")
+    if len(x) and not np.isfinite(x).all():
+        raise E.InvalidSamplesError("samples contain NaN or infinity")
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
 
 
 def _identified(d: dict[str, Any]) -> Any:
@@ -327,6 +350,115 @@ class Client:
             files,
             fail_fast,
         )
+
+    # --- live ------------------------------------------------------------------------------
+    def stream(
+        self,
+        chunks: Iterable[Any],
+        sample_rate: int = 16000,
+        threshold: float | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Who is speaking now (``GET /v1/stream``): the events of
+        :meth:`SpeakerID.stream <speakerid.service.facade.SpeakerID.stream>`, as the server
+        sends them, while ``chunks`` (int16 or float arrays of any size at ``sample_rate``)
+        are sent from a background thread in messages of at most 1 s. When ``chunks`` ends
+        the stream ends: the final segments follow, then the iterator stops. To stop early
+        and still get them (Ctrl-C on a microphone), let ``chunks`` end; leaving the loop
+        instead drops the stream. An ``error`` event raises its typed error."""
+        ws = self._connect_stream(sample_rate, threshold)
+        done = threading.Event()
+        failed: list[BaseException] = []
+        sender = threading.Thread(
+            target=self._send_stream,
+            args=(ws, chunks, sample_rate, done, failed),
+            name="speakerid-stream-sender",
+            daemon=True,
+        )
+        sender.start()
+        try:
+            yield from self._stream_events(ws, failed)
+        finally:
+            done.set()
+            ws.close()
+            sender.join(_SENDER_JOIN)
+
+    def _connect_stream(self, sample_rate: int, threshold: float | None) -> Any:
+        """The WebSocket, authenticated as every request; a refused handshake raises the typed
+        error of the server's problem+json."""
+        import httpx
+        from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+        from websockets.sync.client import connect
+
+        query = urlencode(self._params(sample_rate=sample_rate, threshold=threshold))
+        url = "ws" + self.url.removeprefix("http") + "/v1/stream?" + query
+        key = self._http.headers.get("Authorization")
+        try:
+            return connect(
+                url,
+                additional_headers={"Authorization": key} if key else None,
+                user_agent_header=f"speakerid/{__version__}",
+                compression=None,
+                open_timeout=self.timeout,
+                max_size=2**20,
+            )
+        except InvalidStatus as exc:
+            r = exc.response
+            raise self._error(httpx.Response(r.status_code, content=bytes(r.body or b""))) from None
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
+            raise E.ServerError(
+                f"cannot open a live stream at {self.url}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    @staticmethod
+    def _send_stream(ws, chunks, rate: int, done: threading.Event, failed: list) -> None:
+        """The sending thread: PCM in messages of at most 1 s, then ``{"type": "end"}``. A bad
+        chunk or a failing iterable closes the stream and is raised by the reading side."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for chunk in chunks:
+                pcm = _pcm16(chunk)
+                for i in range(0, len(pcm), rate):
+                    if done.is_set():
+                        return
+                    ws.send(pcm[i : i + rate].tobytes())
+                if done.is_set():
+                    return
+            ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass  # the server ended the stream: the reading side says why
+        except BaseException as exc:
+            failed.append(exc)
+            ws.close(1000, "the client's audio failed")
+
+    def _stream_events(self, ws, failed: list) -> Iterator[StreamEvent]:
+        from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+
+        while True:
+            try:
+                raw = ws.recv(timeout=self.timeout)
+            except TimeoutError:
+                raise E.ServerError(
+                    f"the live stream at {self.url} sent nothing for {self.timeout:g} s"
+                ) from None
+            except ConnectionClosed as exc:
+                if failed:
+                    raise failed[0] from None
+                if isinstance(exc, ConnectionClosedOK) and exc.rcvd is not None:
+                    return  # the server's normal close after the final segments
+                why = exc.rcvd or exc.sent
+                raise E.ServerError(
+                    f"the live stream at {self.url} ended without its final segments "
+                    f"({why.code if why else 1006} {why.reason if why else 'connection lost'})"
+                ) from None
+            try:
+                event = event_from_dict(json.loads(raw))
+            except (ValueError, TypeError, KeyError):
+                shown = repr(raw)[:200]
+                raise E.ServerError(f"{self.url}/v1/stream: not a stream event: {shown}") from None
+            if isinstance(event, StreamErrorEvent):
+                raise _STREAM_STATUS.get(event.status, E.ServerError)(event.detail)
+            yield event
 
     def embed(self, files: Sequence) -> list[dict[str, Any]]:
         """``embed --json`` rows: ``{"file", "model", "dim", "embedding"}``."""

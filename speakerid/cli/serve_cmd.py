@@ -72,6 +72,20 @@ def serve(
             help="Open connections per process; beyond it requests get 503 at once.",
         ),
     ] = 64,
+    max_streams: Annotated[
+        int,
+        typer.Option("--max-streams", help="Live streams (/v1/stream) open at once; more: 1013."),
+    ] = 16,
+    max_stream_seconds: Annotated[
+        float,
+        typer.Option("--max-stream-seconds", help="Longest live stream, seconds of audio."),
+    ] = 3600.0,
+    stream_idle_seconds: Annotated[
+        float,
+        typer.Option(
+            "--stream-idle-seconds", help="Close a live stream that sends nothing this long."
+        ),
+    ] = 30.0,
     log_level: Annotated[
         str, typer.Option("--log-level", help="uvicorn log level (warning hides access logs).")
     ] = "info",
@@ -112,6 +126,9 @@ def serve(
         embed_timeout=embed_timeout,
         concurrency=concurrency,
         max_connections=max_connections,
+        max_streams=max_streams,
+        max_stream_seconds=max_stream_seconds,
+        stream_idle_seconds=stream_idle_seconds,
     )
     run(settings, log_level=log_level)
 

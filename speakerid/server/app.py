@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 
 from .. import __version__
 from ..errors import NotReadyError
-from . import problems
+from . import live, problems
 from .auth import AccessMiddleware, NoSniff, Openness, may_see_details
 from .batching import BatchingEmbedder
 from .limits import BodyLimitMiddleware, too_large_message
@@ -190,6 +190,7 @@ def create_app(settings: ServerSettings | None = None, state: ServerState | None
     app.state.server = state
     problems.install(app, functools.partial(too_large_message, settings.max_upload_bytes))
     app.include_router(router)
+    live.install(app, state)  # GET /v1/stream, the live WebSocket
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -201,7 +202,7 @@ def create_app(settings: ServerSettings | None = None, state: ServerState | None
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     # outside the body limit: a request without a valid key is refused before any body is read
-    app.add_middleware(AccessMiddleware, state=state, routes=router.routes)
+    app.add_middleware(AccessMiddleware, state=state, routes=[*router.routes, *live.router.routes])
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     _keep_uploads_in_memory(settings.max_upload_bytes)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]

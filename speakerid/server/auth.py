@@ -109,6 +109,29 @@ def key_from_header(value: str | None) -> str | None:
     return secret.strip()
 
 
+#: Browsers cannot set headers on a WebSocket: they offer the key as this subprotocol.
+SUBPROTOCOL_PREFIX = "bearer."
+
+
+def offered_bearer(scope: dict) -> str | None:
+    """The subprotocol ``bearer.KEY`` a WebSocket client offered (the server accepts with it
+    selected: a browser drops a connection whose server picks none of those it offered)."""
+    return next(
+        (p for p in scope.get("subprotocols") or () if p.startswith(SUBPROTOCOL_PREFIX)), None
+    )
+
+
+def _headers(scope: dict) -> Headers:
+    """The request's headers; on a WebSocket without ``Authorization``, the key of its
+    ``bearer.KEY`` subprotocol stands in for that header (the same check follows)."""
+    headers = Headers(scope=scope)
+    offered = offered_bearer(scope) if scope["type"] == "websocket" else None
+    if offered is None or "authorization" in headers:
+        return headers
+    bearer = f"Bearer {offered[len(SUBPROTOCOL_PREFIX) :]}".encode("latin-1")
+    return Headers(raw=[*scope["headers"], (b"authorization", bearer)])
+
+
 def check_local(settings: Any, headers: Headers, port: int) -> None:
     """An open server answers programs on this machine that address it by name: a web page
     elsewhere (a cross-site form, DNS rebinding) or a proxy gets 403."""
@@ -205,7 +228,9 @@ def needed_scope(routes: list, scope: dict) -> str | None:
 class AccessMiddleware:
     """Admits or refuses each request before the app reads its body; refusals are problem+json
     (401 no or unknown key, 403 scope or a foreign Host/Origin on an open server, 503 not
-    ready). Public routes on a closed server pass without a thread hop."""
+    ready). Public routes on a closed server pass without a thread hop. A WebSocket handshake
+    is decided the same way, before it is accepted (refused with the same problem+json as an
+    HTTP answer to the handshake, where the server offers that, else a bare 403)."""
 
     def __init__(self, app, state: Any, routes: list) -> None:
         self.app = app
@@ -213,15 +238,18 @@ class AccessMiddleware:
         self.routes = routes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         state = self.state
         needs = needed_scope(self.routes, scope)
         if not state.ready:
             if needs:
-                await error_response(NotReadyError("the server is starting or stopping"))(
-                    scope, receive, send
+                await _refuse(
+                    error_response(NotReadyError("the server is starting or stopping")),
+                    scope,
+                    receive,
+                    send,
                 )
                 return
             await self.app(scope, receive, send)
@@ -229,12 +257,12 @@ class AccessMiddleware:
         if needs is None and not state.openness.may_be_open:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        headers = _headers(scope)
         port = (scope.get("server") or ("", 80))[1] or 80
         try:
             scope[KEY] = await state.light(admit, state, headers, port, needs)
         except SpeakerIDError as exc:
-            await error_response(exc)(scope, receive, send)
+            await _refuse(error_response(exc), scope, receive, send)
             return
         except SQLAlchemyError as exc:  # the driver's message is for the log, not the caller
             log.error("registry error while checking access to %s: %s", scope["path"], exc)
@@ -243,9 +271,20 @@ class AccessMiddleware:
                 "the registry database does not answer (the server log has the details)",
                 "NotReadyError",
             )
-            await response(scope, receive, send)
+            await _refuse(response, scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+async def _refuse(response, scope, receive, send) -> None:
+    """A refusal: the response itself, or on a WebSocket whose server cannot answer a handshake
+    with a response (ASGI's ``websocket.http.response``), a close before accept (a bare 403)."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
+        "extensions", {}
+    ):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await response(scope, receive, send)
 
 
 class NoSniff:

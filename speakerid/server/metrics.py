@@ -77,6 +77,19 @@ class Metrics:
         self.in_flight = Gauge(
             "speakerid_http_requests_in_flight", "Requests being answered", registry=r
         )
+        self.streams_open = Gauge(
+            "speakerid_live_streams_open", "Live streams (GET /v1/stream) open", registry=r
+        )
+        self.audio_seconds_streamed = Counter(
+            "speakerid_live_audio_seconds", "Seconds of audio received by live streams", registry=r
+        )
+        self.stream_event_latency = Histogram(
+            "speakerid_live_event_latency_seconds",
+            "Wall-clock time from receiving a live stream's message to sending an event it caused",
+            ["type"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,7 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from ..errors import AuthenticationError, InvalidInputError
+from .live import uvicorn_options as uvicorn_ws_options
 from .settings import ENV_SETTINGS, ServerSettings
 
 
@@ -129,6 +130,7 @@ def run(settings: ServerSettings, log_level: str = "info") -> None:
         "server_header": False,
         "lifespan": "on",
         "limit_concurrency": settings.max_connections,
+        **uvicorn_ws_options(),
     }
     try:
         keys = stored_keys(settings.db)

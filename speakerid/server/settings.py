@@ -49,6 +49,12 @@ class ServerSettings:
     #: get 503 at once. Each admitted upload is held in memory up to ``max_upload_mb``, so this
     #: bounds what callers with a key can make a process hold.
     max_connections: int = 64
+    #: Live streams (``GET /v1/stream``) open at once per process; one more is refused (1013).
+    max_streams: int = 16
+    #: Longest live stream, seconds of audio (then an error event and close 1008).
+    max_stream_seconds: float = 3600.0
+    #: A live stream that sends nothing for this long is closed (error event, close 1008).
+    stream_idle_seconds: float = 30.0
     #: Internal (``--workers N``): a file that exists while the server is still open, shared by
     #: the worker processes (see ``auth.Openness``).
     open_flag: str | None = None
@@ -66,6 +72,12 @@ class ServerSettings:
             raise InvalidInputError("the batch wait must not be negative")
         if not self.embed_timeout > 0:
             raise InvalidInputError("the embedding timeout must be positive")
+        if self.max_streams < 1:
+            raise InvalidInputError("--max-streams must be at least 1")
+        if not (self.max_stream_seconds > 0 and self.stream_idle_seconds > 0):
+            raise InvalidInputError(
+                "--max-stream-seconds and --stream-idle-seconds must be positive"
+            )
 
     @property
     def max_upload_bytes(self) -> int:
