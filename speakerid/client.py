@@ -19,6 +19,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import fields
 from datetime import datetime
 from typing import Any
@@ -365,26 +366,27 @@ class Client:
         the stream ends: the final segments follow, then the iterator stops. To stop early
         and still get them (Ctrl-C on a microphone), let ``chunks`` end; leaving the loop
         instead drops the stream. An ``error`` event raises its typed error."""
-        ws = self._connect_stream(sample_rate, threshold)
-        done = threading.Event()
-        failed: list[BaseException] = []
-        sender = threading.Thread(
-            target=self._send_stream,
-            args=(ws, chunks, sample_rate, done, failed),
-            name="speakerid-stream-sender",
-            daemon=True,
-        )
-        sender.start()
-        try:
-            yield from self._stream_events(ws, failed)
-        finally:
-            done.set()
-            ws.close()
-            sender.join(_SENDER_JOIN)
+        with ExitStack() as stack:
+            ws = self._connect_stream(stack, sample_rate, threshold)
+            done = threading.Event()
+            failed: list[BaseException] = []
+            sender = threading.Thread(
+                target=self._send_stream,
+                args=(ws, chunks, sample_rate, done, failed),
+                name="speakerid-stream-sender",
+                daemon=True,
+            )
+            sender.start()
+            try:
+                yield from self._stream_events(ws, failed)
+            finally:
+                done.set()
+                ws.close()
+                sender.join(_SENDER_JOIN)
 
-    def _connect_stream(self, sample_rate: int, threshold: float | None) -> Any:
-        """The WebSocket, authenticated as every request; a refused handshake raises the typed
-        error of the server's problem+json."""
+    def _connect_stream(self, stack: ExitStack, sample_rate: int, threshold: float | None) -> Any:
+        """The WebSocket (entered as a context, as websockets wants), authenticated as every
+        request; a refused handshake raises the typed error of the server's problem+json."""
         import httpx
         from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
         from websockets.sync.client import connect
@@ -393,13 +395,15 @@ class Client:
         url = "ws" + self.url.removeprefix("http") + "/v1/stream?" + query
         key = self._http.headers.get("Authorization")
         try:
-            return connect(
-                url,
-                additional_headers={"Authorization": key} if key else None,
-                user_agent_header=f"speakerid/{__version__}",
-                compression=None,
-                open_timeout=self.timeout,
-                max_size=2**20,
+            return stack.enter_context(
+                connect(
+                    url,
+                    additional_headers={"Authorization": key} if key else None,
+                    user_agent_header=f"speakerid/{__version__}",
+                    compression=None,
+                    open_timeout=self.timeout,
+                    max_size=2**20,
+                )
             )
         except InvalidStatus as exc:
             r = exc.response
