@@ -48,6 +48,7 @@ COMMANDS: list[tuple[str, str, str, bool]] = [
     ("verify", "registry_cmd", "verify", False),
     ("compare", "registry_cmd", "compare", False),
     ("track", "track_cmd", "track", False),
+    ("listen", "listen_cmd", "listen", False),
     ("list", "manage_cmd", "list_speakers", False),
     ("show", "manage_cmd", "show", False),
     ("remove", "manage_cmd", "remove", False),
