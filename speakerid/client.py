@@ -453,7 +453,7 @@ class Client:
                 why = exc.rcvd or exc.sent
                 raise E.ServerError(
                     f"the live stream at {self.url} ended without its final segments "
-                    f"({why.code if why else 1006} {why.reason if why else 'connection lost'})"
+                    f"({f'close {why}' if why else 'connection lost'})"
                 ) from None
             try:
                 event = event_from_dict(json.loads(raw))

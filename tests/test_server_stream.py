@@ -31,6 +31,7 @@ from speakerid.errors import (
     InvalidSamplesError,
     LimitExceededError,
     NotReadyError,
+    ServerError,
 )
 from speakerid.results import ReadyEvent, TurnEvent
 from speakerid.server.settings import ServerSettings
@@ -219,6 +220,7 @@ def test_client_stream_equals_the_in_process_stream(keyed, reference):
         chunks.append(floats[i : i + n])
         i += n
     audio_before = metric(srv, "speakerid_live_audio_seconds_total")
+    clips_before = metric(srv, "speakerid_clips_embedded_total")
     latency = "speakerid_live_event_latency_seconds_count"
     sent_before = {t: metric(srv, latency, f'{{type="{t}"}}') for t in ("partial", "segment")}
     with Client(srv.url, key=key) as c:
@@ -228,6 +230,9 @@ def test_client_stream_equals_the_in_process_stream(keyed, reference):
     assert metric(srv, "speakerid_live_audio_seconds_total") - audio_before == pytest.approx(
         len(x) / SR, abs=1e-6
     )
+    # every named event's embedding went through the server's micro-batching worker
+    named = sum(e.type != "ready" and e.score is not None for e in events)
+    assert metric(srv, "speakerid_clips_embedded_total") - clips_before >= named > 4
     for t, before in sent_before.items():  # one latency per event sent (not for ready)
         assert metric(srv, latency, f'{{type="{t}"}}') - before == sum(e.type == t for e in events)
     wait_closed(srv)
@@ -463,3 +468,24 @@ def test_stream_settings_are_validated():
         ServerSettings(max_streams=0)
     with pytest.raises(InvalidInputError, match="--stream-idle-seconds must be positive"):
         ServerSettings(stream_idle_seconds=0)
+
+
+def test_a_stopping_server_closes_its_streams_with_1012(open_srv):
+    """SIGTERM while a stream is open: the client learns the stream ended without its final
+    segments (1012, service restart) and the server exits 0 at once. It stops the module's
+    open server, so it stays the last test of this file."""
+
+    def slow():
+        for _ in range(100):
+            yield np.zeros(SR // 10, np.int16)
+            time.sleep(0.1)
+
+    with Client(open_srv.url) as c:
+        events = c.stream(slow())
+        assert next(events).type == "ready"
+        open_srv.terminate()
+        with pytest.raises(ServerError, match=r"without its final segments \(close 1012"):
+            list(events)
+    t = time.monotonic()
+    assert open_srv.stop() == 0
+    assert time.monotonic() - t < 10
