@@ -304,6 +304,32 @@ def test_ctrl_c_mid_turn_closes_the_stream_with_its_final_segments(room, where, 
     assert (cwd / "cut.rttm").read_text() == rttm_text("conv", segs)
 
 
+def test_a_reader_that_stops_reading_ends_the_stream_quietly(room):
+    """``listen --json | head -n 2``: once nobody reads, the stream ends as on Ctrl-C: exit 0,
+    no traceback, and no waiting for the rest of the input."""
+    cwd, _, _, want = room
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speakerid", "listen", "--input", "conv.wav", "--json"],
+        cwd=cwd,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert json.loads(proc.stdout.readline()) == READY
+        t_ready = time.monotonic()
+        assert json.loads(proc.stdout.readline()) == want[1]
+        proc.stdout.close()  # the reader goes away
+        assert proc.wait(60) == 0
+        assert proc.stderr.read() == b""
+        assert time.monotonic() - t_ready < segments(want)[-1]["end"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def _alsa_file_microphone(cwd: Path, pcm: np.ndarray, rate: int) -> Path:
     """An ALSA configuration whose default device records ``pcm`` (ALSA's file plugin on the
     null device): PortAudio sees a real capture device, at its own default rate."""
@@ -399,6 +425,7 @@ def test_arguments_are_refused_in_one_line(room):
             ["--input", "-", "--sample-rate", "4000", "--fast"],
             "sample rate must be between 8000 and 192000 Hz, got 4000",
         ),
+        (["--sample-rate", "200000"], "sample rate must be between 8000 and 192000 Hz, got 200000"),
         (
             ["--input", "conv.wav", "--server", "http://127.0.0.1:9", "--db", "x.db"],
             "--db, --model and --device do not apply with --server or $SPEAKERID_SERVER "

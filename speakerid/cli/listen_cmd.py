@@ -174,6 +174,10 @@ def _ctrl_c_ends(stop: threading.Event) -> Iterator[None]:
 def _source(input_: str | None, sample_rate: int | None, fast: bool, stop: threading.Event):
     from . import listen_input
 
+    if sample_rate is not None and input_ in (None, "-"):
+        from ..service.live import check_rate  # the stream's own rule, before any model loads
+
+        check_rate(sample_rate)
     if input_ is None:
         if fast:
             raise InvalidInputError("--fast applies to --input FILE or --input - only")
