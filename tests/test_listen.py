@@ -228,12 +228,22 @@ def test_stdin_pcm_at_its_rate_gives_plain_segment_lines(room):
 def test_stdin_that_ends_mid_sample_gives_its_segments_then_one_line(room):
     """The input fails: the stream is still closed, so its final segments are given (in JSON
     and the RTTM), then the error's one line and exit 2. The turn cut at 5 s holds too little
-    speech to be named: null in JSON, "unknown" in the RTTM."""
+    speech to be named: null in JSON, "unknown" in the RTTM. --threshold reaches the stream."""
     cwd, _, pcm, want = room
     full = segments(want)
     data = pcm[: 5 * SR].tobytes() + b"\x01"  # Alice's turn, 1 s of Bob's, half a sample
     rc, out, err = speakerid(
-        cwd, "listen", "--input", "-", "--fast", "--json", "--rttm", "part.rttm", stdin=data
+        cwd,
+        "listen",
+        "--input",
+        "-",
+        "--fast",
+        "--json",
+        "--threshold",
+        "0.3",
+        "--rttm",
+        "part.rttm",
+        stdin=data,
     )
     assert rc == 2
     assert err == (
@@ -241,7 +251,10 @@ def test_stdin_that_ends_mid_sample_gives_its_segments_then_one_line(room):
         "little-endian int16 mono PCM)\n"
     )
     events = [json.loads(line) for line in out.splitlines()]
-    assert events[0] == READY
+    assert events[0] == {**READY, "threshold": 0.3}
+    # Alice's first partial scores 0.238 (named at the registry's 0.2222): not at 0.3
+    assert want[1]["speaker"] == "Alice" and 0.2222 < want[1]["score"] < 0.3
+    assert events[1]["speaker"] == "unknown-1" and events[1]["enrolled"] is False
     first, cut = segments(events)
     assert first == full[0]
     assert cut["start"] == full[1]["start"] and cut["end"] <= 5.0
