@@ -25,12 +25,13 @@ from typing import Any
 import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, WebSocket
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from ..errors import InvalidInputError, LimitExceededError, SpeakerIDError
 from ..results import StreamErrorEvent
 from .auth import KEY, offered_bearer
-from .problems import status_of
+from .problems import registry_problem, status_of
 
 log = logging.getLogger("speakerid")
 
@@ -181,6 +182,10 @@ class _Session:
             log.info("live stream ended: the client went away or stopped reading")
         except SpeakerIDError as exc:
             await _end(self.ws, _refusal(exc), self.settings.stream_idle_seconds)
+        except SQLAlchemyError as exc:  # answered as the HTTP routes answer it (503)
+            log.error("registry error in a live stream: %s", exc)
+            refused = _Refused(503, registry_problem(exc), CLOSE_CODES["try_later"])
+            await _end(self.ws, refused, self.settings.stream_idle_seconds)
         except Exception as exc:
             log.error("live stream failed", exc_info=exc)
             refused = _Refused(
