@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from .. import __version__
 from ..errors import NotReadyError
@@ -29,8 +29,11 @@ from .settings import ServerSettings
 log = logging.getLogger("speakerid")
 
 #: The page and the docs are self-contained: this policy forbids anything from elsewhere.
+#: ``script-src 'self'`` admits the Live tab's AudioWorklet module (live-worklet.js, same origin;
+#: worklets cannot be inline); ``connect-src 'self'`` also covers the page's own ws:/wss: origin
+#: (CSP Level 3), i.e. the ``/v1/stream`` WebSocket. No eval anywhere.
 PAGE_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
     "connect-src 'self'; media-src 'self' blob:; img-src 'self' data:; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 )
@@ -195,6 +198,10 @@ def create_app(settings: ServerSettings | None = None, state: ServerState | None
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(_page("index.html"), headers={"Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/live-worklet.js", include_in_schema=False)
+    async def live_worklet() -> Response:
+        return Response(_page("live-worklet.js"), media_type="text/javascript")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
