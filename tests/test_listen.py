@@ -440,6 +440,10 @@ def test_arguments_are_refused_in_one_line(room):
         ),
         (["--sample-rate", "200000"], "sample rate must be between 8000 and 192000 Hz, got 200000"),
         (
+            ["--input", "conv.wav", "--fast", "--rttm", "nowhere/x.rttm"],
+            "cannot write nowhere/x.rttm: No such file or directory",
+        ),
+        (
             ["--input", "conv.wav", "--server", "http://127.0.0.1:9", "--db", "x.db"],
             "--db, --model and --device do not apply with --server or $SPEAKERID_SERVER "
             "(the server has its own registry and model)",
