@@ -268,10 +268,13 @@ class SpeakerID:
         self.registry_free()
         t, _ = self.threshold(threshold)
         identify = None
-        if self._bound.binding() is not None and not self.registry.is_empty():
+        if self._bound.binding() is not None:  # enrolled later in the stream: named from then
 
             def identify(vectors):
-                return self.identify_embeddings(vectors, top_k=2, threshold=t)
+                try:
+                    return self.identify_embeddings(vectors, top_k=2, threshold=t)
+                except EmptyRegistryError:  # nobody enrolled (yet, or any more)
+                    return None
 
         embedder = self.embedder
 

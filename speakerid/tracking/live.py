@@ -50,11 +50,14 @@ MAX_TURN = 30.0
 #: A partial clip scoring below this cosine against its turn's settled clips may be another
 #: voice (two in a row end the turn). Chosen on the dev conversations (bench/live.py --split dev).
 CHANGE_COS = 0.25
+#: Lead over the runner-up a name needs (0: ``identify``'s rule, the threshold alone).
+MARGIN = 0.0
 #: Unknown voices remembered per stream (the oldest are forgotten beyond this).
 MAX_VOICES = 64
 
 Embed = Callable[[np.ndarray], np.ndarray]  # 16 kHz samples -> unit embedding
-Identify = Callable[[np.ndarray], Sequence]  # unit rows -> IdentifyResult per row
+#: unit rows -> IdentifyResult per row, or None while the registry has nobody enrolled
+Identify = Callable[[np.ndarray], Sequence | None]
 
 _PAD = SPEECH_PAD_MS * SAMPLE_RATE // 1000
 _MIN_SILENCE = MIN_SILENCE_MS * SAMPLE_RATE // 1000
@@ -122,8 +125,8 @@ class LiveTracker:
     """The live path's state for one stream of 16 kHz float32 samples (see the module).
 
     ``embed(samples)``: a unit embedding, as ``identify`` embeds a file; ``identify(rows)``: the
-    registry's answers (None: no registry, every voice unknown); ``threshold``: the
-    identification threshold, also used to tell unknown voices apart."""
+    registry's answers (None, or answering None: no registry, every voice unknown);
+    ``threshold``: the identification threshold, also used to tell unknown voices apart."""
 
     def __init__(self, embed: Embed, identify: Identify | None, threshold: float) -> None:
         self.embed = embed
@@ -223,17 +226,18 @@ class LiveTracker:
         turn.next_step = now + int(STEP * SAMPLE_RATE)
         a = max(turn.start, now - int(RECENT * SAMPLE_RATE))
         clip = _Clip(a, now, self.embed(self._samples(a, now)))
+        full = int(RECENT * SAMPLE_RATE)
         for c in list(turn.clips):  # clips that end before this one starts are settled
             if c.b <= a:
                 turn.clips.remove(c)
-                if not c.odd:
+                if not c.odd and c.b - c.a >= full:  # a turn's first, shorter clips are noisy
                     turn.ref = c.vector.astype(np.float64) + (0 if turn.ref is None else turn.ref)
         turn.clips.append(clip)
         if turn.ref is not None and a > turn.start:
             ref = turn.ref / max(float(np.linalg.norm(turn.ref)), 1e-12)
             clip.odd = float(clip.vector @ ref) < CHANGE_COS
             if clip.odd and turn.suspect is not None:
-                return self._change(turn, self._change_point(turn.suspect), now)
+                return self._change(turn, self._change_point(turn, turn.suspect), now)
             turn.suspect = clip if clip.odd else None
         return [self._partial(turn, clip.vector, now)]
 
@@ -243,18 +247,22 @@ class LiveTracker:
             "partial", turn.start / SAMPLE_RATE, now / SAMPLE_RATE, speaker, enrolled, score
         )
 
-    def _change_point(self, suspect: _Clip) -> int:
-        """Where the new voice began inside the first odd clip: the middle of its longest
-        pause (windows below the VAD's speech-end threshold), else the clip's middle."""
-        best, run, start, at = 0, 0, 0, (suspect.a + suspect.b) // 2
-        first = -(-suspect.a // WINDOW)
-        for k in range(first, suspect.b // WINDOW):
+    def _change_point(self, turn: _Turn, suspect: _Clip) -> int:
+        """Where the new voice began, given the first clip that sounded unlike the turn: a clip
+        reads as another voice only once that voice fills most of it, so the change lies near
+        the clip's start. The middle of the longest pause (windows below the VAD's speech-end
+        threshold) from half a clip before to half a clip after that start, else a quarter
+        into the clip."""
+        half = int(RECENT * SAMPLE_RATE) // 2
+        lo, hi = max(turn.start, suspect.a - half), suspect.a + half
+        best, run, start, at = 0, 0, 0, suspect.a + half // 2
+        for k in range(-(-lo // WINDOW), hi // WINDOW):
             i = k - self._probs_start
             low = 0 <= i < len(self._probs) and self._probs[i] < NEG_THRESHOLD
             run, start = (run + 1, start if run else k) if low else (0, k)
             if low and run > best:
                 best, at = run, (start * WINDOW + (k + 1) * WINDOW) // 2
-        return at
+        return max(turn.start + 1, at)
 
     def _change(self, turn: _Turn, at: int, now: int) -> list[TurnEvent]:
         """End ``turn`` at ``at`` and open the new voice's turn there."""
@@ -292,9 +300,12 @@ class LiveTracker:
 
     def _name(self, vector: np.ndarray, final: bool) -> tuple[str, bool, float | None]:
         score = None
-        if self.identify is not None:
-            (r,) = self.identify(vector[None, :])
-            if r.accepted:
+        answers = self.identify(vector[None, :]) if self.identify is not None else None
+        if answers:
+            (r,) = answers
+            c = r.candidates
+            lead = c[0].score - c[1].score if len(c) > 1 else 2.0
+            if r.accepted and lead >= MARGIN:
                 return r.speaker, True, float(r.score)
             score = float(r.score) if r.candidates else None
         label = self.voices.add(vector) if final else self.voices.provisional(vector)
