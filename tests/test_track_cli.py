@@ -93,6 +93,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path, write_wav):
     assert res.exit_code == 2 and "exactly one FILE" in res.output
     res = _track(f, "--enroll-unknown", "Carol")
     assert res.exit_code == 2 and "VOICE=NAME" in res.output
+    res = _track(f, "--rttm", tmp_path / "missing" / "x.rttm")  # before any model is loaded
+    assert res.exit_code == 2
+    assert res.output.strip().endswith("x.rttm: no such folder or a folder there")
+    res = _track(f, "--rttm", tmp_path)
+    assert res.exit_code == 2 and "cannot write" in res.output and "Traceback" not in res.output
 
 
 @needs_shared

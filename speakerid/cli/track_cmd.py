@@ -110,6 +110,9 @@ def track(
             "there, then enroll the voice's speech with speakerid enroll --server"
         )
     sources = _inputs(files)
+    for out in (rttm,) if rttm else ():  # refused before any work, not after it
+        if out.is_dir() or not out.parent.is_dir():
+            raise InvalidInputError(f"cannot write {out}: no such folder or a folder there")
     from ..audio.stream import probe_duration
     from ..tracking.segments import rttm_lines
 
@@ -127,7 +130,11 @@ def track(
             )
         ok = [r for r in results if not isinstance(r, FileError)]
         if rttm:
-            rttm.write_text("".join(rttm_lines(Path(r.file).stem, r.segments) for r in ok))
+            text = "".join(rttm_lines(Path(r.file).stem, r.segments) for r in ok)
+            try:
+                rttm.write_text(text)
+            except OSError as exc:
+                raise InvalidInputError(f"cannot write {rttm}: {exc.strerror or exc}") from None
         if plot:
             from ..tracking.plot import write_timeline
 
