@@ -20,7 +20,9 @@ Reported, per path:
   enrolled speech time labelled with the right name; of unknown voices' time labelled with an
   enrolled name), with offline ``track`` on the same files, model and threshold beside them;
 - the oracle: each reference turn (true segmentation) named by the same ``identify`` rule, the
-  ceiling of naming turns with these embeddings;
+  ceiling of naming turns with these embeddings; and the oracle latency: the same partials
+  (1 s into the turn, then every 0.5 s, the last 2 s) from the true turn starts, no compute
+  time, the ceiling of the latency with these embeddings;
 - real-time factor per stream (in-process CPU seconds / audio seconds, one thread);
 - concurrency: N streams at real time against one server (``--levels``), the lag of each event
   behind the audio (arrival time minus the time its last sample was sent; p50, p95, max) and
@@ -136,6 +138,29 @@ def oracle_counts(sid, x: np.ndarray, ref: dict, enrolled: set[str], duration: f
     return tb.naming_counts(ref, hyp, enrolled, duration)
 
 
+def oracle_latencies(sid, x, ref, track_hyp, enrolled: set[str], t: float) -> list[float]:
+    """The same turns as ``latencies``, their true starts known: the first moment (1 s into the
+    turn, then every 0.5 s) at which the last 2 s of the turn are named rightly by the same
+    rule, with no processing time: the ceiling of the partials with these embeddings."""
+    from speakerid.audio.decode import AudioClip
+
+    out = []
+    for spk, a, b in turns(ref):
+        if spk not in enrolled or b - a < MIN_TURN or label_share(track_hyp, spk, a, b) < 0.5:
+            continue
+        found = None
+        k = 1.0
+        while a + k <= b + 1e-9 and found is None:
+            lo, hi = int(max(a, a + k - 2.0) * conv.SR), int((a + k) * conv.SR)
+            v = sid.embedder.embed_clips([AudioClip(x[lo:hi], "turn", conv.SR, 1, "")])[0].vector
+            (r,) = sid.identify_embeddings(v[None, :], top_k=2, threshold=t)
+            if r.accepted and r.speaker == spk:
+                found = k
+            k += 0.5
+        out.append(found if found is not None else (b - a) + MISSED)
+    return out
+
+
 def summary(lat: list[float]) -> dict:
     arr = np.asarray(lat) if lat else np.zeros(1)
     return {
@@ -178,10 +203,13 @@ def offline_track(items, emb, ans, db: Path, t: float) -> dict[str, dict]:
 
 
 # --- the WebSocket at real time ----------------------------------------------------------------
-def start_server(db: Path, env: dict) -> tuple[subprocess.Popen, str]:
+def start_server(db: Path, env: dict, workers: int) -> tuple[subprocess.Popen, str]:
+    """``speakerid serve`` on a free port; ``workers`` processes share the cores (each gets
+    cores / workers compute threads, as ``serve`` does)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "speakerid", "serve", "--db", str(db), "--port", "0"]
-        + ["--log-level", "warning", "--max-streams", "64"],
+        + ["--log-level", "warning", "--max-streams", "64"]
+        + ["--workers", str(workers)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -236,8 +264,10 @@ def lag_stats(results: list[dict]) -> dict:
         if all(e["at"] - e["end"] <= 1.0 for e in r["events"] if e["type"] == "partial")
     )
     arr = np.asarray(lags) if lags else np.zeros(1)
+    partials = [sum(e["type"] == "partial" for e in r["events"]) for r in results]
     return {
         "streams": len(results),
+        "partials_per_minute": round(60 * sum(partials) / sum(r["audio"] for r in results), 1),
         "kept_up": kept,
         "lag_p50": round(float(np.median(arr)), 3),
         "lag_p95": round(float(np.percentile(arr, 95)), 3),
@@ -281,6 +311,7 @@ def print_report(report: dict, concurrency: int) -> None:
 
     ip = report["in_process"]
     print(latency("in-process", ip["latency"]) + f"; RTF per stream {ip['rtf']:.3f}")
+    print(latency("oracle turn starts", report["oracle_latency"]))
     if "websocket" in report:
         ws = report["websocket"]
         print(
@@ -292,7 +323,7 @@ def print_report(report: dict, concurrency: int) -> None:
                 f"  {lv['streams']:3d} real-time streams: kept up {lv['kept_up']}/{lv['streams']}"
                 f", lag p50 {lv['lag_p50']:.2f} s, p95 {lv['lag_p95']:.2f} s, max "
                 f"{lv['lag_max']:.2f} s, last event {lv['last_event_after_audio_max']:.2f} s "
-                "after the audio"
+                f"after the audio, {lv['partials_per_minute']:.0f} partials a minute"
             )
     print(f"  load average {report['load_average_1min']:.1f}, {report['bench_seconds']:.0f} s")
 
@@ -307,6 +338,9 @@ def main() -> int:
     ap.add_argument("--levels", default="4,8,12,16", help="concurrent streams to try ('' none)")
     ap.add_argument("--level-seconds", type=float, default=60.0, help="audio per stream, levels")
     ap.add_argument("--no-ws", action="store_true", help="only the in-process stream")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="server processes (default 1, as speakerid serve)"
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument(
         "--set",
@@ -332,7 +366,12 @@ def main() -> int:
     db = args.work / f"{args.split}-asset.db"
     tb.build_registry(db, tb.ASSET, split)
     emb, ans = tb.analyses(items, tb.ASSET, args.work / "cache")
-    report: dict = {"split": args.split, "conversations": len(items), "overrides": args.set}
+    report: dict = {
+        "split": args.split,
+        "conversations": len(items),
+        "overrides": args.set,
+        "server_workers": args.workers,
+    }
     with SpeakerID(db=db) as sid:
         t, _ = sid.threshold()
         enrolled_all = {s.name for s in sid.list()}
@@ -340,6 +379,7 @@ def main() -> int:
         track_hyp = offline_track(items, emb, ans, db, t)
         rows = {k: {} for k in ("track", "live", "oracle")}
         lat: list[float] = []
+        oracle_lat: list[float] = []
         cpu = audio = 0.0
         for it in items:
             x = load(it["audio"])
@@ -355,16 +395,20 @@ def main() -> int:
             )
             add(rows["oracle"], oracle_counts(sid, x, ref, enrolled, it["duration"], t))
             lat += latencies(events, ref, track_hyp[it["uri"]], enrolled)
+            oracle_lat += oracle_latencies(sid, x, ref, track_hyp[it["uri"]], enrolled, t)
     report["threshold"] = t
     report["audio_seconds"] = round(audio, 1)
     report["naming"] = {k: shares(v) for k, v in rows.items()}
     report["enrolled_seconds"] = round(rows["track"]["enrolled_s"], 1)
     report["unknown_seconds"] = round(rows["track"]["unknown_s"], 1)
     report["in_process"] = {"latency": summary(lat), "rtf": round(cpu / audio, 4)}
+    report["oracle_latency"] = summary(oracle_lat)
 
     if not args.no_ws:
-        env = dict(os.environ, SPEAKERID_THREADS="2", OMP_NUM_THREADS="2")
-        server, url = start_server(db, env)
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("SPEAKERID_THREADS", "OMP_NUM_THREADS")
+        }
+        server, url = start_server(db, env, args.workers)
         try:
             audios = {it["uri"]: load(it["audio"]) for it in items}
             ws_lat: list[float] = []

@@ -214,7 +214,8 @@ def server_url(explicit: str | None = None) -> str | None:
 
 
 def bound_openmp_spinning() -> None:
-    """Keep OpenMP threads from busy-waiting for milliseconds (read once, when torch loads).
+    """Keep OpenMP threads from busy-waiting for milliseconds (read once, when torch loads),
+    and numpy's OpenBLAS from spinning a second core after every small matrix product.
 
     With libgomp's default, a 2-thread team whose second core is taken by another process spins
     away a whole time slice at every operator: 14-27x slower than idle. 1000 spins keep the
@@ -224,6 +225,14 @@ def bound_openmp_spinning() -> None:
     """
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
+    # numpy's OpenBLAS keeps a thread per core that busy-waits after every product, and
+    # speakerid's products are small (the fbank's mel product, resampling): with the default,
+    # each 2 s embedding cost 115-190 ms of CPU for 57 ms of work, 2-3x, and a live server
+    # spent 3.6x the CPU of the same stream in-process (docs/performance.md, "Threads"). Read
+    # when numpy loads, so it only works when speakerid is imported first; the user's
+    # OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS, which OpenBLAS also reads) wins.
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def available_cores() -> int:

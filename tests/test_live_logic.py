@@ -156,3 +156,19 @@ def test_segments_are_sorted_and_never_overlap():
     assert len(out) >= 3
     for s, t in zip(out, out[1:]):
         assert s.start < s.end <= t.start < t.end
+
+
+def test_shedding_partials_keeps_every_final_segment():
+    """A front behind real time feeds with partials=False: no partial is computed for that
+    audio (counted in ``shed``), and the final segments of pause-separated turns are the same."""
+    x = np.concatenate([voice(0, 4), silence(1), voice(1, 4), silence(1)])
+    full = run(x, 1600)
+    tracker = LiveTracker(fake_embed, fake_identify, 0.5)
+    shed = []
+    for i in range(0, len(x), 1600):
+        shed += tracker.feed(x[i : i + 1600], partials=i >= 3 * SR)  # behind for 3 s
+    shed += tracker.close()
+    assert [e.to_dict() for e in segs(shed)] == [e.to_dict() for e in segs(full)]
+    assert not any(e.type == "partial" and e.end <= 3.0 for e in shed)
+    assert any(e.type == "partial" and e.end <= 3.0 for e in full)
+    assert tracker.shed == sum(1 for e in full if e.type == "partial" and e.end <= 3.0)

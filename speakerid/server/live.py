@@ -47,6 +47,9 @@ CLOSE_CODES = {
     "server_error": 1011,  # a failure on the server's side
     "try_later": 1013,  # every stream slot taken, the embedder unavailable
 }
+#: How far behind real time a stream may fall before it sheds partials (seconds): the
+#: expected arrival of each message is the first message's plus the audio sent since.
+SHED_AFTER = 0.5
 #: Longest close reason (a control frame holds 125 bytes, 2 of them the code).
 _REASON_BYTES = 123
 #: The client went away (send or receive on a closed connection, or it stopped reading).
@@ -103,6 +106,32 @@ async def _admitted(websocket: WebSocket) -> None:
 
 
 _admitted.needs = "read"  # type: ignore[attr-defined]
+
+
+class Pace:
+    """How far behind real time the server's processing of a stream is. A client that captures
+    live sends each message once its audio has been spoken, so while the server keeps up it
+    waits on the socket between messages; when it falls behind, messages queue and each is taken
+    at once, later than the last one the server waited for plus the audio sent since. Only the
+    server's own backlog counts: a message the server had to wait for (a slow network, a client
+    sending slower than real time, a pause) starts the count again, and a client that sends
+    faster than real time (a file) is never behind."""
+
+    #: A receive that took longer than this waited for the client (the socket was empty).
+    WAITED = 0.02
+
+    def __init__(self) -> None:
+        self.base: float | None = None  # when the last waited-for message arrived
+        self.since = 0.0  # seconds of audio received since then
+
+    def behind(self, received: float, waited: float, seconds: float) -> float:
+        """Seconds late of the message taken at ``received`` after ``waited`` seconds in
+        ``receive``, holding ``seconds`` of audio."""
+        if self.base is None or waited > self.WAITED:
+            self.base, self.since = received, 0.0
+        late = received - self.base - self.since
+        self.since += seconds
+        return max(0.0, late)
 
 
 class _Refused(Exception):
@@ -172,6 +201,7 @@ class _Session:
         self.metrics = state.metrics
         self.settings = state.settings
         self.stream: Any = None
+        self.pace = Pace()
 
     async def run(self) -> None:
         try:
@@ -205,6 +235,7 @@ class _Session:
         )
         await self._send(self.stream.start(), None)
         while True:
+            asked = time.perf_counter()
             message = await self._receive()
             received = time.perf_counter()
             if message["type"] == "websocket.disconnect":
@@ -212,12 +243,17 @@ class _Session:
             data = message.get("bytes")
             if data is not None:
                 samples = self._samples(data)
+                behind = self.pace.behind(received, received - asked, len(samples) / rate)
+                if behind > SHED_AFTER:
+                    log.debug("live stream %.2f s behind real time: partials shed", behind)
+                shed = self.stream.tracker.shed
                 try:
-                    events = await self._thread(self.stream.feed, samples)
+                    events = await self._thread(self.stream.feed, samples, behind <= SHED_AFTER)
                 except LimitExceededError as exc:  # the stream's length: the core's rule
                     detail = f"{exc} (--max-stream-seconds)"
                     raise _Refused(413, detail, CLOSE_CODES["policy"]) from None
                 self.metrics.audio_seconds_streamed.inc(len(samples) / rate)
+                self.metrics.partials_shed.inc(self.stream.tracker.shed - shed)
                 await self._send(events, received)
                 continue
             self._end_message(message.get("text") or "")

@@ -83,6 +83,11 @@ class Metrics:
         self.audio_seconds_streamed = Counter(
             "speakerid_live_audio_seconds", "Seconds of audio received by live streams", registry=r
         )
+        self.partials_shed = Counter(
+            "speakerid_live_partials_shed",
+            "Partials a live stream skipped to catch up with real time (the server was behind)",
+            registry=r,
+        )
         self.stream_event_latency = Histogram(
             "speakerid_live_event_latency_seconds",
             "Wall-clock time from receiving a live stream's message to sending an event it caused",

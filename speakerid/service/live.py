@@ -87,8 +87,10 @@ class LiveStream:
         self._started = True
         return [self.ready]
 
-    def feed(self, chunk) -> list[StreamEvent]:
-        """Events caused by the next chunk of samples (int16 PCM or float in [-1, 1])."""
+    def feed(self, chunk, partials: bool = True) -> list[StreamEvent]:
+        """Events caused by the next chunk of samples (int16 PCM or float in [-1, 1]).
+        ``partials=False``: skip the partials of this chunk (a front behind real time catches
+        up; the final segments stay complete)."""
         x = as_float(chunk)
         with self._lock:
             if self._closed:
@@ -100,7 +102,7 @@ class LiveStream:
                     f"the stream is longer than its limit of {limit:g} s of audio"
                 )
             self._received += len(x)
-            events.extend(self.tracker.feed(self._resampler.push(x)))
+            events.extend(self.tracker.feed(self._resampler.push(x), partials))
             return events
 
     def close(self) -> list[TurnEvent]:

@@ -145,10 +145,16 @@ class LiveTracker:
         self._turn: _Turn | None = None
         self._last_end = 0  # end of the last final segment
         self._closed = False
+        self._partials = True
+        self.shed = 0  # partials not computed (feed(partials=False))
 
     # --- input -------------------------------------------------------------------------------
-    def feed(self, samples: np.ndarray) -> list[TurnEvent]:
-        """Events caused by the next samples (float32 in [-1, 1], 16 kHz, mono)."""
+    def feed(self, samples: np.ndarray, partials: bool = True) -> list[TurnEvent]:
+        """Events caused by the next samples (float32 in [-1, 1], 16 kHz, mono). With
+        ``partials`` False no partial (and no change-of-voice check) is computed for them: a
+        front that has fallen behind real time sheds that work to catch up, and still gets
+        every final segment."""
+        self._partials = partials
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x.copy()
         self.received += len(x)
@@ -207,7 +213,11 @@ class LiveTracker:
             self._probs, self._probs_start = [], self._window
             return events
         if b >= turn.next_step and turn.speech >= MIN_SPEECH_SECONDS * SAMPLE_RATE:
-            events.extend(self._step(turn, b))
+            if self._partials:
+                events.extend(self._step(turn, b))
+            else:
+                turn.next_step = b + int(STEP * SAMPLE_RATE)
+                self.shed += 1
         return events
 
     def _samples(self, a: int, b: int) -> np.ndarray:
