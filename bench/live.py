@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -56,6 +55,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import conversations as conv  # noqa: E402
 import track as tb  # noqa: E402
+from serve import start_server  # noqa: E402
 
 CHUNK = 0.1  # seconds per message / feed
 MIN_TURN = 2.0
@@ -203,25 +203,6 @@ def offline_track(items, emb, ans, db: Path, t: float) -> dict[str, dict]:
 
 
 # --- the WebSocket at real time ----------------------------------------------------------------
-def start_server(db: Path, env: dict, workers: int) -> tuple[subprocess.Popen, str]:
-    """``speakerid serve`` on a free port; ``workers`` processes share the cores (each gets
-    cores / workers compute threads, as ``serve`` does)."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "speakerid", "serve", "--db", str(db), "--port", "0"]
-        + ["--log-level", "warning", "--max-streams", "64"]
-        + ["--workers", str(workers)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = server.stdout.readline()
-    if not line.startswith("listening on "):
-        server.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return server, line.split()[-1]
-
-
 def stream_real_time(url: str, x: np.ndarray, seconds: float | None, out: dict) -> None:
     """Send ``x`` (the first ``seconds``) at real time over the WebSocket; record each event
     with ``at``: its arrival, in seconds since the first sample was sent."""
@@ -408,7 +389,8 @@ def main() -> int:
         env = {
             k: v for k, v in os.environ.items() if k not in ("SPEAKERID_THREADS", "OMP_NUM_THREADS")
         }
-        server, url = start_server(db, env, args.workers)
+        # workers processes share the cores (each gets cores / workers threads, as serve does)
+        server, url = start_server(db, env, "--max-streams", "64", "--workers", str(args.workers))
         try:
             audios = {it["uri"]: load(it["audio"]) for it in items}
             ws_lat: list[float] = []

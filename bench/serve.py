@@ -107,10 +107,11 @@ class ThreadWatch:
         return self.peak
 
 
-def start_server(db: Path, env: dict) -> tuple[subprocess.Popen, str]:
+def start_server(db: Path, env: dict, *options: str) -> tuple[subprocess.Popen, str]:
+    """``speakerid serve`` on a free port with ``options`` -> (process, its URL)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "speakerid", "serve", "--db", str(db), "--port", "0"]
-        + ["--log-level", "warning"],
+        + ["--log-level", "warning", *options],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__, config
 from . import errors as E
-from .audio.decode import AudioBytes, _read_bytes
+from .audio.decode import AudioBytes, _read_bytes, chunk_samples
 from .audio.gates import each_file
 from .audio.quality import MIN_SPEECH_SECONDS
 from .results import (
@@ -105,10 +105,7 @@ def _pcm16(chunk: Any) -> np.ndarray:
     x = np.asarray(chunk).reshape(-1)
     if x.dtype == np.int16:
         return x.astype("<i2", copy=False)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise E.InvalidSamplesError(f"samples must be int16 or float, got {x.dtype}")
-    if len(x) and not np.isfinite(x).all():
-        raise E.InvalidSamplesError("samples contain NaN or infinity")
+    x = chunk_samples(x)  # the stream's own rule for what a chunk may hold
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
 
 

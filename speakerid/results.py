@@ -105,13 +105,18 @@ class TrackSegment:
     score: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": round(self.start, 3),
-            "end": round(self.end, 3),
-            "speaker": self.speaker,
-            "enrolled": self.enrolled,
-            "score": None if self.score is None else round(self.score, 6),
-        }
+        return _stretch(self)
+
+
+def _stretch(s: Any) -> dict[str, Any]:
+    """The JSON of a stretch of one voice (``track``'s segments, live turns)."""
+    return {
+        "start": round(s.start, 3),
+        "end": round(s.end, 3),
+        "speaker": s.speaker,
+        "enrolled": s.enrolled,
+        "score": None if s.score is None else round(s.score, 6),
+    }
 
 
 @dataclass(frozen=True)
@@ -301,14 +306,7 @@ class TurnEvent:
     score: float | None  # best registry candidate's cosine (None: not scored)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "start": round(self.start, 3),
-            "end": round(self.end, 3),
-            "speaker": self.speaker,
-            "enrolled": self.enrolled,
-            "score": None if self.score is None else round(self.score, 6),
-        }
+        return {"type": self.type, **_stretch(self)}
 
 
 @dataclass(frozen=True)

@@ -338,6 +338,21 @@ def _resample(mono: np.ndarray, rate: int) -> np.ndarray:
     return resample(mono, rate, SAMPLE_RATE)
 
 
+def chunk_samples(chunk) -> np.ndarray:
+    """A chunk of a live stream as float32 mono samples: int16 PCM scaled by 1/32768 (as files
+    are), floats as they are; NaN or infinity is refused (it would poison every later
+    embedding), and so is any other type."""
+    x = np.asarray(chunk).reshape(-1)
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / 32768.0
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InvalidSamplesError(f"samples must be int16 or float, got {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if len(x) and not np.isfinite(x).all():
+        raise InvalidSamplesError("samples contain NaN or infinity")
+    return x
+
+
 def validate(samples: np.ndarray, name: str, min_seconds: float = MIN_SECONDS) -> None:
     """Refuse audio that cannot give a meaningful embedding (see module docstring)."""
     if samples.size == 0:

@@ -14,8 +14,9 @@ import threading
 
 import numpy as np
 
+from ..audio.decode import chunk_samples
 from ..audio.stream import Resampler
-from ..errors import InvalidInputError, InvalidSamplesError, LimitExceededError
+from ..errors import InvalidInputError, LimitExceededError
 from ..results import ReadyEvent, StreamEvent, TurnEvent
 from ..tracking.live import Embed, Identify, LiveTracker
 
@@ -34,20 +35,6 @@ def check_rate(rate: int) -> int:
             f"sample rate must be between {MIN_RATE} and {MAX_RATE} Hz, got {rate}"
         )
     return int(rate)
-
-
-def as_float(chunk) -> np.ndarray:
-    """A chunk as float32 mono samples: int16 PCM is scaled by 1/32768 (as files are), floats
-    must be finite (NaN or inf is refused: it would poison every later embedding)."""
-    x = np.asarray(chunk).reshape(-1)
-    if x.dtype == np.int16:
-        return x.astype(np.float32) / 32768.0
-    if not np.issubdtype(x.dtype, np.floating):
-        raise InvalidSamplesError(f"samples must be int16 or float, got {x.dtype}")
-    x = x.astype(np.float32, copy=False)
-    if len(x) and not np.isfinite(x).all():
-        raise InvalidSamplesError("samples contain NaN or infinity")
-    return x
 
 
 class LiveStream:
@@ -91,7 +78,7 @@ class LiveStream:
         """Events caused by the next chunk of samples (int16 PCM or float in [-1, 1]).
         ``partials=False``: skip the partials of this chunk (a front behind real time catches
         up; the final segments stay complete)."""
-        x = as_float(chunk)
+        x = chunk_samples(chunk)
         with self._lock:
             if self._closed:
                 raise InvalidInputError("the stream is closed")

@@ -135,7 +135,8 @@ class LiveTracker:
         self.voices = UnknownVoices(threshold)
         self.vad = VadStream()
         self.received = 0  # samples fed
-        self._buf = np.zeros(0, np.float32)
+        self._store = np.zeros(4 * SAMPLE_RATE, np.float32)  # grows by doubling
+        self._held = 0  # samples of _store in use
         self._buf_start = 0  # sample index of _buf[0]
         self._window = 0  # index of the next VAD window
         self._speaking = False
@@ -156,7 +157,7 @@ class LiveTracker:
         every final segment."""
         self._partials = partials
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x.copy()
+        self._append(x)
         self.received += len(x)
         events: list[TurnEvent] = []
         for p in self.vad.push(x):
@@ -220,6 +221,21 @@ class LiveTracker:
                 self.shed += 1
         return events
 
+    @property
+    def _buf(self) -> np.ndarray:
+        """The audio held: the open turn's (or the last moment's), from ``_buf_start``."""
+        return self._store[: self._held]
+
+    def _append(self, x: np.ndarray) -> None:
+        """Add samples without copying what is held (a turn holds up to MAX_TURN s)."""
+        need = self._held + len(x)
+        if need > len(self._store):
+            grown = np.zeros(max(need, 2 * len(self._store)), np.float32)
+            grown[: self._held] = self._buf
+            self._store = grown
+        self._store[self._held : need] = x
+        self._held = need
+
     def _samples(self, a: int, b: int) -> np.ndarray:
         return self._buf[a - self._buf_start : b - self._buf_start]
 
@@ -228,8 +244,9 @@ class LiveTracker:
         keep = self._turn.start if self._turn else self.received - 2 * WINDOW - _PAD
         keep = max(self._buf_start, keep)
         if keep > self._buf_start:
-            self._buf = self._buf[keep - self._buf_start :]
-            self._buf_start = keep
+            rest = self._store[keep - self._buf_start : self._held]
+            self._store[: len(rest)] = rest  # (overlapping copy: numpy buffers it)
+            self._held, self._buf_start = len(rest), keep
 
     # --- partials and changes of voice --------------------------------------------------------
     def _step(self, turn: _Turn, now: int) -> list[TurnEvent]:
